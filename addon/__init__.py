@@ -1,0 +1,1 @@
+"""keyface.addon — host integrations. Host APIs (``krita``, ``bpy``) are imported only in ``addon/<host>/``."""

@@ -1,0 +1,165 @@
+"""The ``keyface`` command line: one subcommand per user job.
+
+Errors caused by input print one clear message (``keyface: error: ...``) and exit with status 2; an interrupted
+command exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import __version__
+from .errors import KeyfaceError
+from .models import available_models
+from .rig import get_converter, get_schema, schema_names
+from .scene import check_source, load_scene
+
+
+def _frames_arg(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.split(":")
+        first, last = int(a), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST:LAST (inclusive integers), got {text!r}") from None
+    if last < first:
+        raise argparse.ArgumentTypeError(f"last frame {last} is before first frame {first}")
+    return first, last
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _table(rows: list[list[str]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def cmd_models(args, out) -> int:
+    models = available_models()
+    if args.json:
+        doc = {"models": [{"id": m.id, "method": m.method, "schema": m.schema_name, "description": m.description}
+                          for m in models],
+               "schemas": [get_schema(n).to_json() for n in ([args.schema] if args.schema else schema_names())]}
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    if args.schema:
+        schema = get_schema(args.schema)
+        out.write(f"{schema.name}: {schema.description}\n")
+        if schema.network_divisor != 1:
+            out.write(f"networks see value / {schema.network_divisor:g}\n")
+        rows = [["#", "channel", "group", "side", "min", "max", "default", "unit", "description"]]
+        for i, c in enumerate(schema.channels):
+            rows.append([str(i), c.name, c.group, c.side or "-", f"{c.min:g}", f"{c.max:g}", f"{c.default:g}",
+                         c.unit or "-", c.description])
+        _table(rows, out)
+        conv = get_converter(schema)
+        for title, lost in (("character rig → " + schema.name, conv.lost_to),
+                            (schema.name + " → character rig", conv.lost_from)):
+            if lost:
+                out.write(f"\n{title} loses:\n")
+                for name, why in lost.items():
+                    out.write(f"  {name}: {why}\n")
+        return 0
+    out.write("Generators:\n")
+    if models:
+        _table([[m.id, m.method, m.schema_name, m.description] for m in models], out)
+    else:
+        out.write("  none installed yet\n")
+    out.write("\nSchemas (keyface models --schema NAME lists the channels):\n")
+    _table([["  " + n, f"{len(get_schema(n))} channels", get_schema(n).description] for n in schema_names()], out)
+    out.write("  3dmm:KxL  a 3DMM schema with K identity and L expression coefficients\n")
+    return 0
+
+
+def cmd_scene_check(args, out) -> int:
+    scene = load_scene(args.file)
+    width, height = check_source(scene)
+    first, last = args.frames or scene.frame_range
+    frames = np.arange(first, last + args.step * 0.5, args.step)
+    raw = scene.sample(frames, clip=False)
+    values = np.clip(raw, scene.schema.mins, scene.schema.maxs)
+    if args.channels:
+        names = [n.strip() for n in args.channels.split(",") if n.strip()]
+        for n in names:
+            scene.schema.index(n)
+    else:
+        names = [n for n in scene.schema.names if n in scene.timeline.tracks]
+    idx = [scene.schema.index(n) for n in names]
+    if args.json:
+        doc = {"ok": True, "frames": frames.tolist(), "values": {n: values[:, i].tolist() for n, i in zip(names, idx,
+                                                                                                        strict=True)}}
+        out.write(json.dumps(doc) + "\n")
+        return 0
+    box = "automatic" if scene.face_box is None else "x={} y={} w={} h={}".format(*scene.face_box)
+    out.write(f"{args.file}: OK\n  schema {scene.schema.name}, model {scene.model or '(none)'}, "
+              f"frames {scene.frame_range[0]}–{scene.frame_range[1]} at {scene.fps:g} fps\n"
+              f"  source {scene.source} ({width}×{height}), face box {box}\n"
+              f"  output {scene.output.format} {scene.output.bit_depth}-bit, ResWarp {scene.output.reswarp}, "
+              f"into {scene.output.directory}/\n")
+    over = [scene.schema.names[i] for i in range(len(scene.schema)) if np.any(raw[:, i] != values[:, i])]
+    for n in over:
+        out.write(f"  warning: {n}'s curve goes past its range (user handles); sampled values are held at the limit\n")
+    if not names:
+        out.write("  no tracks: every frame is the rest pose\n")
+        return 0
+    digits = 0 if float(args.step).is_integer() else 3
+    rows = [["frame"] + names] + [[f"{f:.{digits}f}"] + [f"{values[r, i]:.3f}" for i in idx]
+                                  for r, f in enumerate(frames)]
+    _table(rows, out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="keyface", description="Single-image character animation for artists.")
+    p.add_argument("--version", action="version", version=f"keyface {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("models", help="list the generators and the parameter schemas that drive them")
+    m.add_argument("--schema", metavar="NAME", help="list one schema's channels and what its converter drops")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(run=cmd_models)
+
+    s = sub.add_parser("scene", help="work with scene files")
+    ssub = s.add_subparsers(dest="scene_command", required=True, metavar="ACTION")
+    c = ssub.add_parser("check", help="validate a scene and print its sampled channel values")
+    c.add_argument("file", metavar="FILE", help="scene JSON file")
+    c.add_argument("--frames", type=_frames_arg, metavar="FIRST:LAST",
+                   help="frames to sample, inclusive (default: the scene's frame_range)")
+    c.add_argument("--step", type=_positive, default=1.0, help="sampling step in frames (fractions allowed)")
+    c.add_argument("--channels", metavar="A,B,...", help="channels to print (default: those with keys)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(run=cmd_scene_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args, sys.stdout)
+    except KeyfaceError as e:
+        sys.stderr.write(f"keyface: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("keyface: interrupted\n")
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

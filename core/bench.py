@@ -1,0 +1,187 @@
+"""``keyface bench reswarp``: per-frame time and peak memory of ResWarp against, in the same run, a plain copy of the
+frame and the naive reference (the official ATW way: the whole frame decomposed and warped per frame, full-resolution
+float32 torch ``grid_sample``). Each cell runs in a fresh process so its peak resident memory is its own.
+
+Frames are RGBA uint8, the whole image as the box, a 128² grid. Two motions: ``local`` (two eye-sized squashes, the
+typical expression edit: most of the frame provably unchanged) and ``global`` (a 3° rotation of everything: the worst
+case, every pixel recomputed). Our lifter's one-time decomposition of the source is reported separately (``prep``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SIZES = {"1k": (720, 1280), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680)}
+METHODS = ("copy", "naive", "vanilla-cpu", "multiscale-cpu", "vanilla-torch", "multiscale-torch")
+GRID = (128, 128)
+
+
+def make_source(h: int, w: int) -> np.ndarray:
+    from .analytic import pixel_grid, texture_at
+
+    x, y = pixel_grid(512, 512)
+    tile = (texture_at(x, y, 512, seed=3) * 255).round().astype(np.uint8)
+    rgb = np.tile(tile, (h // 512 + 1, w // 512 + 1, 1))[:h, :w]
+    alpha = np.full((h, w, 1), 255, np.uint8)
+    alpha[: h // 20] = 0  # some transparency, as in a painted character
+    return np.ascontiguousarray(np.concatenate([rgb, alpha], axis=2))
+
+
+def make_flow(kind: str) -> np.ndarray:
+    gh, gw = GRID
+    v, u = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    flow = np.zeros((gh, gw, 2), np.float32)
+    if kind == "local":
+        for cx in (0.38 * gw, 0.62 * gw):
+            g = np.exp(-((u - cx) ** 2 + (v - 0.45 * gh) ** 2) / (2 * 4.0**2))
+            flow[..., 1] += 2.0 * g * np.tanh((v - 0.45 * gh) / 3)
+        flow[np.abs(flow) < 1e-3] = 0
+    elif kind == "global":
+        a = np.deg2rad(3)
+        dx, dy = u - gw / 2, v - gh / 2
+        flow[..., 0] = np.cos(a) * dx - np.sin(a) * dy - dx
+        flow[..., 1] = np.sin(a) * dx + np.cos(a) * dy - dy
+    return flow
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _naive(source: np.ndarray, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        img = torch.from_numpy(source).permute(2, 0, 1)[None].float() / 255
+        h, w = img.shape[2:]
+        down = F.interpolate(img, size=GRID, mode="area")
+        residual = img - F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
+        o = torch.from_numpy(low).permute(2, 0, 1)[None].float() / 255
+        up = F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False)
+        f = F.interpolate(torch.from_numpy(flow).permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
+                          align_corners=False)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        gx = (2 * (xs + f[0, 0] * (w / GRID[1])) + 1) / w - 1
+        gy = (2 * (ys + f[0, 1] * (h / GRID[0])) + 1) / h - 1
+        warped = F.grid_sample(residual, torch.stack([gx, gy], -1)[None], mode="bilinear", padding_mode="border",
+                               align_corners=False)
+        out = ((up + warped).clamp(0, 1) * 255).round().byte()
+        return out[0].permute(1, 2, 0).numpy()
+
+
+def run_cell(method: str, size: str, motion: str, repeat: int) -> dict:
+    from .reswarp import Lifter
+
+    h, w = SIZES[size]
+    source = make_source(h, w)
+    flow = make_flow(motion)
+    prep_ms = None
+    if method in ("copy", "naive"):
+        from .reswarp import area_down, from_work, to_work
+
+        low = from_work(area_down(to_work(source), GRID), np.uint8)
+        fn = (lambda: source.copy()) if method == "copy" else (lambda: _naive(source, low, flow))
+    else:
+        mode, backend = method.split("-")
+        t0 = time.perf_counter()
+        lifter = Lifter(source, mode=mode, backend=backend)
+        prep_ms = (time.perf_counter() - t0) * 1000
+        low = lifter._quantised_input(np.uint8).copy()
+        moving = (flow != 0).any(axis=2)
+        low[moving] = np.clip(low[moving].astype(int) + 3, 0, 255).astype(np.uint8)  # the generator's change
+        fn = lambda: lifter.lift(low, flow)  # noqa: E731
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"ms": statistics.median(times), "prep_ms": prep_ms, "peak_mb": _peak_mb()}
+
+
+def _cell_main() -> None:
+    method, size, motion, repeat = sys.argv[1:5]
+    print(json.dumps(run_cell(method, size, motion, int(repeat))))
+
+
+def _run_isolated(method: str, size: str, motion: str, repeat: int) -> dict:
+    code = "from keyface.core.bench import _cell_main; _cell_main()"
+    done = subprocess.run([sys.executable, "-c", code, method, size, motion, str(repeat)], capture_output=True,
+                          text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quality_table(sizes, out) -> None:
+    from .analytic import case, psnr
+    from .reswarp import INTERPS, MODES, Lifter, area_down, upsample
+
+    out.write("\nQuality: PSNR (dB) against the exactly warped full-resolution image; gain over bilinear up-sampling "
+              "of the exactly warped low-res image\n")
+    head = ["size", "warp", "bilinear up"] + [f"{m}/{i}" for m in MODES for i in INTERPS]
+    rows = [head]
+    for size in sizes:
+        h, w = SIZES[size]
+        for kind in ("rotation", "squash"):
+            src, target, flow = case(kind, h, w)
+            low = area_down(target, GRID)
+            base = psnr(upsample(low, (h, w)), target)
+            row = [size, kind, f"{base:.2f}"]
+            for m in MODES:
+                for i in INTERPS:
+                    row.append(f"{psnr(Lifter(src, mode=m, interp=i).lift(low, flow), target) - base:+.2f}")
+            rows.append(row)
+            del src, target
+    _print(rows, out)
+
+
+def _print(rows, out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=True)) + "\n")
+    out.flush()
+
+
+def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True) -> None:
+    import cv2
+    import torch
+
+    sizes = [s.strip().lower() for s in sizes]
+    for s in sizes:
+        if s not in SIZES:
+            from .errors import KeyfaceError
+
+            raise KeyfaceError(f"unknown size {s!r} (one of {', '.join(SIZES)})")
+    out.write(f"ResWarp per frame, RGBA uint8, grid 128², median of {repeat}; torch {torch.__version__} with "
+              f"{torch.get_num_threads()} threads, OpenCV {cv2.__version__} with {cv2.getNumThreads()} threads\n")
+    out.write("time in ms; ×copy and ×naive are ratios to the plain copy and the naive reference measured in this "
+              "run; peak = the cell's whole process (Python, torch, source, decomposition)\n\n")
+    rows = [["size", "motion", "method", "ms", "×copy", "naive/ours", "prep ms", "peak MB"]]
+    for size in sizes:
+        for motion in ("local", "global"):
+            cells = {m: _run_isolated(m, size, motion, repeat) for m in METHODS}
+            copy, naive = cells["copy"].get("ms"), cells["naive"].get("ms")
+            for m in METHODS:
+                c = cells[m]
+                if "error" in c:
+                    rows.append([size, motion, m, "failed", "", "", "", c["error"][:40]])
+                    continue
+                rows.append([size, motion, m, f"{c['ms']:.1f}", f"{c['ms'] / copy:.2f}" if copy else "",
+                             f"{naive / c['ms']:.1f}" if naive else "",
+                             f"{c['prep_ms']:.0f}" if c["prep_ms"] is not None else "-", f"{c['peak_mb']:.0f}"])
+            out.write(f"[{size} {motion} done]\n")
+            out.flush()
+    _print(rows, out)
+    if quality:
+        quality_table(sizes, out)

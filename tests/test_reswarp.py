@@ -1,0 +1,194 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from keyface.core import analytic as an
+from keyface.core import reswarp as rw
+from keyface.core.cli import main
+
+ZERO = np.zeros((128, 128, 2), np.float32)
+
+
+def _noise(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = {np.uint8: 255, np.uint16: 65535}.get(dtype, 1)
+    return (rng.random(shape) * scale).astype(dtype)
+
+
+@pytest.mark.parametrize("mode", rw.MODES)
+@pytest.mark.parametrize(("shape", "dtype"), [
+    ((512, 512, 3), np.uint8), ((1000, 1500, 4), np.uint8), ((301, 203, 4), np.uint16), ((257, 640, 3), np.float32),
+])
+def test_identity(mode, shape, dtype):
+    src = _noise(shape, dtype)
+    lifter = rw.Lifter(src, mode=mode)
+    for low in (lifter.low_input(), lifter._quantised_input(np.uint8 if dtype == np.float32 else dtype)):
+        out = lifter.lift(low, ZERO)
+        assert out.dtype == src.dtype and out.shape == src.shape
+        err = np.abs(out.astype(np.float64) - src.astype(np.float64)).max() / rw._scale_of(dtype)
+        assert err <= 1 / 255
+
+
+def test_identity_with_box_outside_bit_identical():
+    src = _noise((700, 900, 4), np.uint8, 1)
+    box = rw.Box(123, 77, 401, 333)
+    lifter = rw.Lifter(src, box, grid=(96, 128))
+    low = lifter.low_input() * 0.98  # every cell changed: the whole box is recomputed
+    out = lifter.lift(low, np.full((96, 128, 2), 0.3, np.float32))
+    outside = np.ones(src.shape[:2], bool)
+    outside[box.slices] = False
+    assert np.array_equal(out[outside], src[outside])
+    assert (out[box.slices] != src[box.slices]).any()
+    same = lifter.lift(lifter.low_input(), np.zeros((96, 128, 2), np.float32))
+    assert np.abs(same.astype(int) - src.astype(int)).max() <= 1
+
+
+def test_level_sizes_any_size():
+    assert rw.level_sizes((2160, 3840), (128, 128), "multiscale") == [
+        (2160, 3840), (1080, 1920), (540, 960), (270, 480), (135, 240), (128, 128)]
+    assert rw.level_sizes((4096, 4096), (128, 128), "multiscale")[-2:] == [(256, 256), (128, 128)]
+    assert rw.level_sizes((1500, 1000), (128, 128), "multiscale") == [(1500, 1000), (750, 500), (375, 250),
+                                                                       (128, 128)]
+    assert rw.level_sizes((4320, 7680), (128, 128), "vanilla") == [(4320, 7680), (128, 128)]
+
+
+def test_no_half_pixel_shift_on_odd_sizes():
+    # A smooth ramp survives down- and up-sampling through odd sizes without moving: its centre stays put.
+    h, w = 375, 251
+    x = np.arange(w, dtype=np.float32)
+    img = np.repeat(np.repeat(((x + 0.5) / w)[None, :, None], h, 0), 3, 2)
+    down = rw.area_down(img, (128, 128))
+    np.testing.assert_allclose(down[0], ((np.arange(128) + 0.5) / 128)[:, None].repeat(3, 1), atol=1e-4)
+    up = rw.upsample(down, (h, w))
+    inner = slice(2, w - 2)  # bilinear is exact on a ramp away from the clamped border
+    np.testing.assert_allclose(up[10, inner, 0], img[10, inner, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", an.WARPS)
+@pytest.mark.parametrize("mode", rw.MODES)
+def test_beats_bilinear_upsampling_2k(kind, mode):
+    src, target, flow = an.case(kind, 1080, 1920)
+    low = rw.area_down(target, (128, 128))
+    base = an.psnr(rw.upsample(low, target.shape[:2]), target)
+    out = rw.Lifter(src, mode=mode).lift(low, flow)
+    assert an.psnr(out, target) >= base + 6
+
+
+@pytest.mark.parametrize("kind", ["rotation", "squash"])
+def test_beats_bilinear_upsampling_4k(kind):
+    src, target, flow = an.case(kind, 2160, 3840)
+    low = rw.area_down(target, (128, 128))
+    base = an.psnr(rw.upsample(low, target.shape[:2]), target)
+    for mode in rw.MODES:
+        assert an.psnr(rw.Lifter(src, mode=mode).lift(low, flow), target) >= base + 6
+
+
+def test_backends_agree():
+    src = (an.case("bulge", 300, 420)[0] * 255).astype(np.uint8)
+    src = np.concatenate([src, np.full(src.shape[:2] + (1,), 200, np.uint8)], axis=2)
+    src[:40, :, 3] = 0
+    _, _, flow = an.case("bulge", 300, 420)
+    for mode in rw.MODES:
+        for interp in rw.INTERPS:
+            lifter = rw.Lifter(src, rw.Box(10, 20, 400, 260), mode=mode, interp=interp)
+            low = (lifter.low_input() * 255).round().astype(np.uint8)
+            cpu = lifter.lift(low, flow)
+            torch_out = lifter.lift_batch([low, low], [flow, flow])
+            # compared as composited (premultiplied): a nearly transparent pixel's colour is ill-conditioned
+            for frame in torch_out:
+                assert np.abs(rw.to_work(frame) - rw.to_work(cpu)).max() <= 1.01 / 255
+
+
+def test_rgba_edges_have_no_fringe():
+    # A white disc on a transparent background whose hidden colour is black: a straight-alpha lift would darken the
+    # anti-aliased rim; the premultiplied lift keeps it white.
+    h = w = 512
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(xx - 256, yy - 256)
+    src = np.zeros((h, w, 4), np.uint8)
+    src[..., :3] = np.where(r[..., None] < 151, 255, 0)  # white wherever it is at all visible
+    src[..., 3] = np.clip((150.5 - r) * 255, 0, 255).astype(np.uint8)
+    flow = np.zeros((128, 128, 2), np.float32)
+    flow[..., 0] = 0.37
+    lifter = rw.Lifter(src)
+    mx, my = rw.warp_maps(flow, (128, 128), slice(0, 128), slice(0, 128))
+    low_work = rw.sample(lifter.levels[-1], mx, my, "linear")
+    low = rw.from_work(low_work, np.uint8)
+    out = lifter.lift(low, flow)
+    visible = out[..., 3] > 8
+    assert visible.sum() > 60000
+    assert out[visible][:, :3].min() >= 245  # no dark fringe at the rim
+    rgb_only = lifter.lift(low[..., :3], flow)  # no generator alpha: the warped source alpha is used
+    assert np.abs(rgb_only[..., 3].astype(int) - out[..., 3].astype(int)).max() <= 12
+
+
+def test_feather_has_no_seam():
+    src, target, _ = an.case("bulge", 600, 800)
+    src8 = (src * 255).round().astype(np.uint8)
+    box = rw.Box(200, 150, 384, 256)
+    lifter = rw.Lifter(src8, box, grid=(64, 96), feather=24)
+    low = (np.clip(lifter.low_input() + 0.08, 0, 1) * 255).round().astype(np.uint8)  # brighter: a step at the box
+    out = lifter.lift(low, np.zeros((64, 96, 2), np.float32)).astype(np.float64)
+    diff = out - src8
+    # the change ramps in over the feather: outside it is zero, across it no step exceeds those inside the box
+    row = diff[box.y + box.h // 2, box.x - 5:box.x + 80].mean(axis=1)
+    assert not row[:5].any()
+    feather_steps = np.abs(np.diff(row[4:5 + 24]))
+    inner_steps = np.abs(np.diff(row[5 + 24:]))
+    assert feather_steps.max() <= max(inner_steps.max(), 0.08 * 255 / 24 + 1)
+    assert np.median(row[5 + 24:]) == pytest.approx(0.08 * 255, abs=2)
+
+
+def test_bad_inputs():
+    src = _noise((256, 256, 3), np.uint8)
+    lifter = rw.Lifter(src)
+    with pytest.raises(rw.ResWarpError, match="NaN"):
+        lifter.lift(lifter.low_input(), np.full((128, 128, 2), np.nan, np.float32))
+    with pytest.raises(rw.ResWarpError, match="flow must have shape"):
+        lifter.lift(lifter.low_input(), np.zeros((64, 64, 2), np.float32))
+    with pytest.raises(rw.ResWarpError, match="grid is 128×128"):
+        lifter.lift(np.zeros((100, 128, 3), np.uint8), ZERO)
+    with pytest.raises(rw.ResWarpError, match="does not fit"):
+        rw.Lifter(src, rw.Box(200, 0, 100, 10))
+    with pytest.raises(rw.ResWarpError, match="H×W×3 or H×W×4"):
+        rw.Lifter(src[..., 0])
+    with pytest.raises(rw.ResWarpError, match="unsupported image type"):
+        rw.Lifter(src.astype(np.int32))
+
+
+def test_flow_adapter_recovers_translation():
+    src, target, flow = an.case("translation", 512, 512)
+    lifter = rw.Lifter(src)
+    out_low = rw.area_down(target, (128, 128))
+    est = rw.estimate_flow(lifter.low_input(), out_low)
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.abs(est[inner] - flow[inner]).mean() < 0.1
+    lifted = lifter.lift(out_low, est)
+    crop = (slice(64, -64), slice(64, -64))
+    base = an.psnr(rw.upsample(out_low, (512, 512))[crop], target[crop])
+    assert an.psnr(lifted[crop], target[crop]) > base
+
+
+def _save(path, arr):
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def test_cli_reswarp(tmp_path, capsys):
+    src = (an.case("squash", 300, 400)[0] * 255).round().astype(np.uint8)
+    lifter = rw.Lifter(src, rw.Box(100, 50, 200, 200))
+    low = (lifter.low_input() * 255).round().astype(np.uint8)
+    np.save(tmp_path / "flow.npy", np.zeros((128, 128, 2), np.float32))
+    args = ["reswarp", "--source", _save(tmp_path / "hd.png", src), "--low", _save(tmp_path / "low.png", low),
+            "--flow", str(tmp_path / "flow.npy"), "--box", "100,50,200,200", "--out", str(tmp_path / "out.png")]
+    assert main(args) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert np.abs(out.astype(int) - src.astype(int)).max() <= 1
+    np.save(tmp_path / "bad.npy", np.full((128, 128, 2), np.nan, np.float32))
+    bad = args[:6] + [str(tmp_path / "bad.npy")] + args[7:-1] + [str(tmp_path / "out2.png")]
+    assert main(bad) == 2 and "NaN" in capsys.readouterr().err
+    assert not (tmp_path / "out2.png").exists()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = args[:2] + [str(tmp_path / "broken.png")] + args[3:-1] + [str(tmp_path / "out3.png")]
+    assert main(broken) == 2 and "cannot read" in capsys.readouterr().err
+    assert not (tmp_path / "out3.png").exists()

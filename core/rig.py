@@ -543,20 +543,20 @@ def make_3dmm_converter(schema: Schema, expression_basis=None) -> Converter:
             raise RigError(f"expression basis must be {n_exp}×{len(_EXPRESSION_CHANNELS)}, got {basis.shape}")
         pinv = np.linalg.pinv(basis)
 
+    def linear(cols, names_in, matrix, names_out):
+        values = np.stack([cols[n] for n in names_in], axis=-1) @ matrix.T
+        return {n: values[..., i] for i, n in enumerate(names_out)}
+
     def to(c):
         out = {k: c[ch] for k, ch in _ANGLES}
         if basis is not None:
-            e = np.stack([c[n] for n in _EXPRESSION_CHANNELS], axis=-1)
-            alpha = e @ basis.T
-            out.update({n: alpha[..., i] for i, n in enumerate(exp_names)})
+            out.update(linear(c, _EXPRESSION_CHANNELS, basis, exp_names))
         return out
 
     def back(p):
         out = {ch: p[k] for k, ch in _ANGLES}
         if basis is not None:
-            alpha = np.stack([p[n] for n in exp_names], axis=-1)
-            e = alpha @ pinv.T
-            out.update({n: e[..., i] for i, n in enumerate(_EXPRESSION_CHANNELS)})
+            out.update(linear(p, exp_names, pinv, _EXPRESSION_CHANNELS))
         return out
 
     lost_to = _lost(("body_yaw", "body_roll", "breathing"))

@@ -1,10 +1,16 @@
 """``keyface bench reswarp``: per-frame time and peak memory of ResWarp against, in the same run, a plain copy of the
-frame and the naive reference (the official ATW way: the whole frame decomposed and warped per frame, full-resolution
-float32 torch ``grid_sample``). Each cell runs in a fresh process so its peak resident memory is its own.
+frame and the naive reference (the official ATW way: the box decomposed and warped per frame at full resolution with
+float32 torch ``grid_sample``, pasted into a copy of the frame). Each cell runs in a fresh process so its peak resident
+memory is its own.
 
-Frames are RGBA uint8, the whole image as the box, a 128² grid. Two motions: ``local`` (two eye-sized squashes, the
-typical expression edit: most of the frame provably unchanged) and ``global`` (a 3° rotation of everything: the worst
-case, every pixel recomputed). Our lifter's one-time decomposition of the source is reported separately (``prep``).
+Frames are RGBA uint8 with a 128² grid. Three scenes:
+
+* ``expression`` — the product's typical job: a face box (side H/2, upper middle of the frame) and an expression
+  edit (both eyes blink, the mouth opens): the generator changes the eye and mouth regions only.
+* ``head`` — the same box turned 3° (a head turn): every pixel of the box recomputed.
+* ``frame`` — the whole frame as the box, turned 3°: the worst case, every pixel of the frame recomputed.
+
+Our lifter's one-time decomposition of the source is reported separately (``prep``).
 """
 
 from __future__ import annotations
@@ -33,14 +39,26 @@ def make_source(h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([rgb, alpha], axis=2))
 
 
+SCENES = ("expression", "head", "frame")
+
+
+def scene_box(scene: str, h: int, w: int):
+    from .reswarp import Box
+
+    if scene == "frame":
+        return Box(0, 0, w, h)
+    side = h // 2
+    return Box((w - side) // 2, h // 8, side, side)
+
+
 def make_flow(kind: str) -> np.ndarray:
     gh, gw = GRID
     v, u = np.mgrid[0:gh, 0:gw].astype(np.float32)
     flow = np.zeros((gh, gw, 2), np.float32)
-    if kind == "local":
-        for cx in (0.38 * gw, 0.62 * gw):
-            g = np.exp(-((u - cx) ** 2 + (v - 0.45 * gh) ** 2) / (2 * 4.0**2))
-            flow[..., 1] += 2.0 * g * np.tanh((v - 0.45 * gh) / 3)
+    if kind == "local":  # eyes closing (rows pulled toward the lid line) and the mouth opening (rows pushed apart)
+        for cx, cy, sign in ((0.36, 0.45, 1), (0.64, 0.45, 1), (0.5, 0.75, -1)):
+            g = np.exp(-((u - cx * gw) ** 2 + (v - cy * gh) ** 2) / (2 * 3.0**2))
+            flow[..., 1] += sign * 2.0 * g * np.tanh((v - cy * gh) / 2)
         flow[np.abs(flow) < 1e-3] = 0
     elif kind == "global":
         a = np.deg2rad(3)
@@ -56,12 +74,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _naive(source: np.ndarray, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
+def _naive(source: np.ndarray, box, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
-        img = torch.from_numpy(source).permute(2, 0, 1)[None].float() / 255
+        img = torch.from_numpy(source[box.slices]).permute(2, 0, 1)[None].float() / 255
         h, w = img.shape[2:]
         down = F.interpolate(img, size=GRID, mode="area")
         residual = img - F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
@@ -75,26 +93,29 @@ def _naive(source: np.ndarray, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
         gy = (2 * (ys + f[0, 1] * (h / GRID[0])) + 1) / h - 1
         warped = F.grid_sample(residual, torch.stack([gx, gy], -1)[None], mode="bilinear", padding_mode="border",
                                align_corners=False)
-        out = ((up + warped).clamp(0, 1) * 255).round().byte()
-        return out[0].permute(1, 2, 0).numpy()
+        lifted = ((up + warped).clamp(0, 1) * 255).round().byte()
+        out = source.copy()
+        out[box.slices] = lifted[0].permute(1, 2, 0).numpy()
+        return out
 
 
-def run_cell(method: str, size: str, motion: str, repeat: int) -> dict:
+def run_cell(method: str, size: str, scene: str, repeat: int) -> dict:
     from .reswarp import Lifter
 
     h, w = SIZES[size]
     source = make_source(h, w)
-    flow = make_flow(motion)
+    box = scene_box(scene, h, w)
+    flow = make_flow("local" if scene == "expression" else "global")
     prep_ms = None
     if method in ("copy", "naive"):
         from .reswarp import area_down, from_work, to_work
 
-        low = from_work(area_down(to_work(source), GRID), np.uint8)
-        fn = (lambda: source.copy()) if method == "copy" else (lambda: _naive(source, low, flow))
+        low = from_work(area_down(to_work(source[box.slices]), GRID), np.uint8)
+        fn = (lambda: source.copy()) if method == "copy" else (lambda: _naive(source, box, low, flow))
     else:
         mode, backend = method.split("-")
         t0 = time.perf_counter()
-        lifter = Lifter(source, mode=mode, backend=backend)
+        lifter = Lifter(source, box, mode=mode, backend=backend)
         prep_ms = (time.perf_counter() - t0) * 1000
         low = lifter._quantised_input(np.uint8).copy()
         moving = (flow != 0).any(axis=2)
@@ -110,13 +131,13 @@ def run_cell(method: str, size: str, motion: str, repeat: int) -> dict:
 
 
 def _cell_main() -> None:
-    method, size, motion, repeat = sys.argv[1:5]
-    print(json.dumps(run_cell(method, size, motion, int(repeat))))
+    method, size, scene, repeat = sys.argv[1:5]
+    print(json.dumps(run_cell(method, size, scene, int(repeat))))
 
 
-def _run_isolated(method: str, size: str, motion: str, repeat: int) -> dict:
+def _run_isolated(method: str, size: str, scene: str, repeat: int) -> dict:
     code = "from keyface.core.bench import _cell_main; _cell_main()"
-    done = subprocess.run([sys.executable, "-c", code, method, size, motion, str(repeat)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code, method, size, scene, str(repeat)], capture_output=True,
                           text=True, timeout=1800)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -153,7 +174,8 @@ def _print(rows, out) -> None:
     out.flush()
 
 
-def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True) -> None:
+def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True, scenes=SCENES,
+                  methods=METHODS) -> None:
     import cv2
     import torch
 
@@ -167,20 +189,20 @@ def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True) 
               f"{torch.get_num_threads()} threads, OpenCV {cv2.__version__} with {cv2.getNumThreads()} threads\n")
     out.write("time in ms; ×copy and ×naive are ratios to the plain copy and the naive reference measured in this "
               "run; peak = the cell's whole process (Python, torch, source, decomposition)\n\n")
-    rows = [["size", "motion", "method", "ms", "×copy", "naive/ours", "prep ms", "peak MB"]]
+    rows = [["size", "scene", "method", "ms", "×copy", "naive/ours", "prep ms", "peak MB"]]
     for size in sizes:
-        for motion in ("local", "global"):
-            cells = {m: _run_isolated(m, size, motion, repeat) for m in METHODS}
+        for scene in scenes:
+            cells = {m: _run_isolated(m, size, scene, repeat) for m in methods}
             copy, naive = cells["copy"].get("ms"), cells["naive"].get("ms")
-            for m in METHODS:
+            for m in methods:
                 c = cells[m]
                 if "error" in c:
-                    rows.append([size, motion, m, "failed", "", "", "", c["error"][:40]])
+                    rows.append([size, scene, m, "failed", "", "", "", c["error"][:40]])
                     continue
-                rows.append([size, motion, m, f"{c['ms']:.1f}", f"{c['ms'] / copy:.2f}" if copy else "",
+                rows.append([size, scene, m, f"{c['ms']:.1f}", f"{c['ms'] / copy:.2f}" if copy else "",
                              f"{naive / c['ms']:.1f}" if naive else "",
                              f"{c['prep_ms']:.0f}" if c["prep_ms"] is not None else "-", f"{c['peak_mb']:.0f}"])
-            out.write(f"[{size} {motion} done]\n")
+            out.write(f"[{size} {scene} done]\n")
             out.flush()
     _print(rows, out)
     if quality:

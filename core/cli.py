@@ -146,9 +146,17 @@ def cmd_reswarp(args, out) -> int:
 
 
 def cmd_bench_reswarp(args, out) -> int:
-    from .bench import bench_reswarp
+    from .bench import METHODS, SCENES, bench_reswarp
 
-    bench_reswarp(args.sizes.split(","), repeat=args.repeat, out=out, quality=not args.no_quality)
+    def pick(text, allowed, what):
+        chosen = [v.strip() for v in text.split(",")] if text else list(allowed)
+        bad = [v for v in chosen if v not in allowed]
+        if bad:
+            raise KeyfaceError(f"unknown {what} {', '.join(bad)} (choose from {', '.join(allowed)})")
+        return chosen
+
+    bench_reswarp(args.sizes.split(","), repeat=args.repeat, out=out, quality=not args.no_quality,
+                  scenes=pick(args.scenes, SCENES, "scene"), methods=pick(args.methods, METHODS, "method"))
     return 0
 
 
@@ -191,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     br = bsub.add_parser("reswarp", help="ResWarp time and peak memory per frame, against a naive reference")
     br.add_argument("--sizes", default="1k,2k,4k,8k", help="comma-separated: 1k, 2k, 4k, 8k")
     br.add_argument("--repeat", type=int, default=5, help="timed runs per cell (median)")
+    br.add_argument("--scenes", metavar="A,B", help="expression, head, frame (default: all)")
+    br.add_argument("--methods", metavar="A,B", help="copy, naive, {vanilla,multiscale}-{cpu,torch} (default: all; "
+                                                     "copy and naive are needed for the ratios)")
     br.add_argument("--no-quality", action="store_true", help="skip the PSNR table")
     br.set_defaults(run=cmd_bench_reswarp)
     return p

@@ -93,7 +93,7 @@ def level_sizes(box_hw: tuple[int, int], grid_hw: tuple[int, int], mode: str) ->
             if nh < grid_hw[0] or nw < grid_hw[1]:
                 break
             sizes.append((nh, nw))
-    if sizes[-1] != tuple(grid_hw):
+    if sizes[-1] != tuple(grid_hw) or len(sizes) == 1:  # a box already at the grid size gets a zero residual
         sizes.append(tuple(grid_hw))
     return sizes
 
@@ -123,27 +123,43 @@ def _check_image(img: np.ndarray, what: str) -> np.ndarray:
 
 def to_work(img: np.ndarray) -> np.ndarray:
     """float32 working copy: values / full scale; RGBA premultiplied (R·α, G·α, B·α, α)."""
-    work = img.astype(np.float32) * np.float32(1.0 / _scale_of(img.dtype))
+    work = img.astype(np.float32)
+    work *= np.float32(1.0 / _scale_of(img.dtype))
     if work.shape[2] == 4:
         work[..., :3] *= work[..., 3:4]
     return work
 
 
-def from_work(work: np.ndarray, dtype, fallback_rgb: np.ndarray | None = None) -> np.ndarray:
-    """Back to the source's format: un-premultiply, clip integer formats, round."""
-    out = work.copy()
-    if out.shape[2] == 4:
-        alpha = out[..., 3:4]
-        if np.issubdtype(dtype, np.integer):
-            alpha = np.clip(alpha, 0, 1, out=alpha)
-        safe = alpha > 1e-6
-        out[..., :3] = np.where(safe, out[..., :3] / np.where(safe, alpha, 1), 0)
-        if fallback_rgb is not None:  # fully transparent: keep the source colour (invisible either way)
-            out[..., :3] = np.where(safe, out[..., :3], fallback_rgb)
-    if np.issubdtype(dtype, np.integer):
-        scale = _scale_of(dtype)
-        return np.clip(np.rint(out * scale), 0, scale).astype(dtype)
-    return out.astype(np.float32)
+def from_work(work: np.ndarray, dtype, fallback: np.ndarray | None = None) -> np.ndarray:
+    """Back to the source's format: un-premultiply, clip integer formats, round (half to even).
+
+    ``fallback`` (same format as the result): where the result is fully transparent its colour is taken from there
+    (invisible either way; keeps the source's hidden colour instead of black). ``work`` is left unchanged.
+    """
+    integer = np.issubdtype(dtype, np.integer)
+    if work.shape[2] == 4:
+        alpha = cv2.extractChannel(work, 3)
+        if integer:
+            np.minimum(alpha, 1, out=alpha)
+        # a pixel whose alpha rounds to 0 in the output format has no defined colour: it takes the fallback's
+        opaque = alpha >= (0.5 / _scale_of(dtype) if integer else 1e-6)
+        inv = np.zeros_like(alpha)  # where not opaque the colour is replaced by the fallback below
+        np.reciprocal(alpha, out=inv, where=opaque)
+        factors = cv2.merge([inv, inv, inv, np.ones_like(inv)])
+    if integer:
+        depth = cv2.CV_8U if dtype == np.uint8 else cv2.CV_16U
+        # saturate_cast rounds half to even and clips to the type's range, like rint + clip
+        if work.shape[2] == 4:
+            out = cv2.multiply(work, factors, scale=_scale_of(dtype), dtype=depth)
+        else:
+            out = cv2.addWeighted(work, _scale_of(dtype), work, 0.0, 0.0, dtype=depth)
+    else:
+        out = cv2.multiply(work, factors) if work.shape[2] == 4 else work.astype(np.float32, copy=True)
+    out = out.reshape(work.shape)
+    if work.shape[2] == 4 and fallback is not None and not opaque.all():
+        clear = ~opaque
+        out[clear, :3] = fallback[clear, :3]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- resampling
@@ -176,10 +192,23 @@ def _grid_maps(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.ascontiguousarray(np.broadcast_to(ys[:, None], shape)))
 
 
-def up_region(img: np.ndarray, out_hw: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:
-    """Bilinear up-sampling of ``img`` to ``out_hw``, computed only for the output region rows × cols."""
-    ys = _up_coords(out_hw[0], img.shape[0], rows.start, rows.stop)
-    xs = _up_coords(out_hw[1], img.shape[1], cols.start, cols.stop)
+def up_region(img: np.ndarray, out_hw: tuple[int, int], rows: slice, cols: slice, in_hw=None,
+              origin=(0, 0)) -> np.ndarray:
+    """Bilinear up-sampling of an image of size ``in_hw`` to ``out_hw``, computed only for the output region
+    rows × cols. ``img`` may be a crop of that image starting at ``origin`` (it must hold every pixel the region reads).
+
+    Wide regions of full-width inputs are computed separably (the vertical lerp on the small input, then OpenCV's
+    resize along x, which uses the same half-pixel positions and float weights); others by remap at exact positions."""
+    in_hw = img.shape[:2] if in_hw is None else in_hw
+    ys = _up_coords(out_hw[0], in_hw[0], rows.start, rows.stop) - origin[0]
+    if 2 * (cols.stop - cols.start) >= out_hw[1] and origin[1] == 0 and img.shape[1] == in_hw[1]:
+        y0 = np.floor(ys).astype(np.intp)
+        y1 = np.minimum(y0 + 1, img.shape[0] - 1)
+        fy = (ys - y0).astype(np.float32).reshape(-1, *([1] * (img.ndim - 1)))
+        v = img[y0] * (1 - fy) + img[y1] * fy
+        out = cv2.resize(v, (out_hw[1], len(ys)), interpolation=cv2.INTER_LINEAR)[:, cols]
+        return out if out.ndim == img.ndim else out[..., None]
+    xs = _up_coords(out_hw[1], in_hw[1], cols.start, cols.stop) - origin[1]
     return sample(img, *_grid_maps(xs, ys), "linear")
 
 
@@ -187,21 +216,27 @@ def upsample(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return up_region(img, out_hw, slice(0, out_hw[0]), slice(0, out_hw[1]))
 
 
-def warp_maps(flow_lo: np.ndarray, out_hw: tuple[int, int], rows: slice, cols: slice):
-    """Absolute sampling maps for output region rows × cols of a level of size out_hw."""
-    gh, gw = flow_lo.shape[:2]
-    f = up_region(flow_lo, out_hw, rows, cols)
-    sy, sx = out_hw[0] / gh, out_hw[1] / gw
-    xs = np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
-    ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
-    return xs + f[..., 0] * np.float32(sx), ys + f[..., 1] * np.float32(sy)
+def warp_maps(flow_lo, out_hw: tuple[int, int], rows: slice, cols: slice):
+    """Absolute sampling maps for output region rows × cols of a level of size out_hw. ``flow_lo``: the (h, w, 2)
+    field, or its two channels as separate contiguous arrays (saves a split per call)."""
+    fx, fy = (flow_lo if isinstance(flow_lo, tuple | list) else
+              (np.ascontiguousarray(flow_lo[..., 0]), np.ascontiguousarray(flow_lo[..., 1])))
+    gh, gw = fx.shape
+    mx = np.ascontiguousarray(up_region(fx, out_hw, rows, cols))
+    my = np.ascontiguousarray(up_region(fy, out_hw, rows, cols))
+    mx *= np.float32(out_hw[1] / gw)
+    my *= np.float32(out_hw[0] / gh)
+    mx += np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]
+    my += np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
+    return mx, my
 
 
 # ------------------------------------------------------------------------------------------- the lifter
 
 
-def feather_weights(box: Box, image_hw: tuple[int, int], feather: int) -> np.ndarray:
-    """(h, w) float32 weights: 1 inside, ramping to 0 toward box edges that lie inside the image."""
+def feather_ramps(box: Box, image_hw: tuple[int, int], feather: int) -> tuple[np.ndarray, np.ndarray]:
+    """Compositing weights along y and x (the weight of a pixel is the smaller of its two): 1 inside, ramping to 0
+    over ``feather`` pixels toward box edges that lie inside the image (edges on the image border get no ramp)."""
     def ramp(n, lo_inside, hi_inside):
         i = np.arange(n, dtype=np.float32) + 0.5
         r = np.ones(n, np.float32)
@@ -212,9 +247,13 @@ def feather_weights(box: Box, image_hw: tuple[int, int], feather: int) -> np.nda
         return r
 
     H, W = image_hw
-    wy = ramp(box.h, box.y > 0, box.y + box.h < H)
-    wx = ramp(box.w, box.x > 0, box.x + box.w < W)
-    return np.minimum(wy[:, None], wx[None, :])
+    return ramp(box.h, box.y > 0, box.y + box.h < H), ramp(box.w, box.x > 0, box.x + box.w < W)
+
+
+def _runs(mask: np.ndarray) -> list[slice]:
+    """Contiguous runs of True in a 1-D mask, as slices."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [slice(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 class Lifter:
@@ -241,13 +280,17 @@ class Lifter:
         self.backend = _choose_backend(backend, device)
         self.device = device
         crop = self.source[self.box.slices]
-        # Decomposition (once per source): pyramid I_k and residuals R_k = I_k - up(I_{k+1}).
-        self.levels = [to_work(crop)]
+        # Decomposition (once per source): pyramid I_k and residuals R_k = I_k - up(I_{k+1}). Level 0 is turned into
+        # its residual in place, strip by strip, so that an 8K source needs one full-size float copy, not three.
+        work = to_work(crop)
+        self.levels: list = [None]  # level 0 itself is not kept: lift() only needs its residual
         for hw in self.sizes[1:]:
-            self.levels.append(area_down(self.levels[-1], hw))
-        self.residuals = [lvl - upsample(nxt, lvl.shape[:2])
-                          for lvl, nxt in zip(self.levels[:-1], self.levels[1:], strict=True)]
-        self.weights = feather_weights(self.box, (H, W), self.feather)
+            self.levels.append(area_down(work if len(self.levels) == 1 else self.levels[-1], hw))
+        for rs in _strips(0, self.box.h, self.box.w):
+            work[rs] -= up_region(self.levels[1], self.sizes[0], rs, slice(0, self.box.w))
+        self.residuals = [work] + [lvl - upsample(nxt, lvl.shape[:2])
+                                   for lvl, nxt in zip(self.levels[1:-1], self.levels[2:], strict=True)]
+        self.weights_y, self.weights_x = feather_ramps(self.box, (H, W), self.feather)
         self._torch = None
         self._quantised: dict = {}
 
@@ -276,12 +319,13 @@ class Lifter:
             raise ResWarpError(f"low-res result is {low.shape[1]}×{low.shape[0]}, the grid is "
                                f"{self.grid[1]}×{self.grid[0]}")
         work = low.astype(np.float32) * np.float32(1.0 / _scale_of(low.dtype))
+        same = None
         if np.issubdtype(low.dtype, np.integer):
-            # Pixels equal to the quantised down-sampled source mean "unchanged": use the exact value, so that an
-            # integer result identical to the generator's input reproduces the source and leaves those cells inactive.
+            # Pixels equal to the quantised down-sampled source mean "unchanged": they get the exact source value, so
+            # that an integer result identical to the generator's input reproduces the source and leaves those cells
+            # inactive.
             ref = self._quantised_input(low.dtype)[..., : low.shape[2]]
-            same = (low == ref).all(axis=2, keepdims=True)
-            work = np.where(same, self.low_input()[..., : low.shape[2]], work)
+            same = (low == ref).all(axis=2)
         if self.channels == 4:
             if work.shape[2] == 4:
                 alpha = work[..., 3:4]
@@ -291,6 +335,11 @@ class Lifter:
             work = np.concatenate([work[..., :3] * alpha, alpha], axis=2)
         elif work.shape[2] == 4:
             work = work[..., :3]
+        if same is not None:
+            exact = self.levels[-1]
+            if self.channels == 4 and low.shape[2] == 3:  # alpha came from the warped source: unchanged only if equal
+                same &= work[..., 3] == exact[..., 3]
+            work[same] = exact[same]
         return np.ascontiguousarray(work)
 
     def _check_flow(self, flow: np.ndarray) -> np.ndarray:
@@ -304,55 +353,84 @@ class Lifter:
         return np.ascontiguousarray(flow, dtype=np.float32)
 
     def active_cells(self, low_work: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        """Grid cells whose neighbourhood can change the output: non-zero flow or a changed low-res result."""
-        changed = (flow != 0).any(axis=2) | (low_work != self.levels[-1]).any(axis=2)
-        return cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        """Grid cells whose neighbourhood can change the output: non-zero flow or a changed low-res result.
 
-    def lift(self, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
-        """Full-resolution frame: the source with the box replaced by the lifted result."""
+        A level-0 pixel reads the up-sampled field and result from the cells next to its own, and the recomputed
+        region is the active cells plus one cell around them, so vanilla needs nothing more. In multiscale a pixel
+        also reads each coarser level one of that level's pixels away (up to about two more cells in all): the
+        active set is dilated by two cells."""
+        changed = (flow != 0).any(axis=2) | (low_work != self.levels[-1]).any(axis=2)
+        if self.mode == "vanilla":
+            return changed
+        return cv2.dilate(changed.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+
+    def lift(self, low: np.ndarray, flow: np.ndarray, sparse: bool = True) -> np.ndarray:
+        """Full-resolution frame: the source with the box replaced by the lifted result.
+
+        ``sparse`` (default): only the rectangles around active cells are recomputed, the rest of the box is copied
+        from the source; ``False`` recomputes the whole box (the same values; used to check the sparse path).
+        """
         flow = self._check_flow(flow)
         low_work = self._low_work(low, flow)
         if self.backend == "torch":
             return self.lift_batch(low_work[None], flow[None], _prepared=True)[0]
-        active = self.active_cells(low_work, flow)
         out = self.source.copy()
-        if not active.any():
-            return out
-        rows, cols = np.nonzero(active.any(axis=1))[0], np.nonzero(active.any(axis=0))[0]
-        cells = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+        if sparse:
+            rects = active_rects(self.active_cells(low_work, flow))
+        else:
+            rects = [(0, self.grid[0], 0, self.grid[1])]
+        flow_xy = (np.ascontiguousarray(flow[..., 0]), np.ascontiguousarray(flow[..., 1]))
+        for cells in rects:
+            self._lift_cells(low_work, flow_xy, cells, out)
+        return out
+
+    def _lift_cells(self, low_work: np.ndarray, flow: np.ndarray, cells, out: np.ndarray) -> None:
+        """Recompute the pixels that depend on grid cells rows cells[0]:cells[1] × cols cells[2]:cells[3]; write them
+        into ``out``. Coarse levels are computed whole (for the region); level 0 in strips to bound memory."""
         result, origin = low_work, (0, 0)  # the coarser level's computed region and its offset in that level
         for k in range(len(self.sizes) - 2, -1, -1):
             h, w = self.sizes[k]
             rs = slice(*_cells_to_pixels(cells[0], cells[1], self.grid[0], h))
             cs = slice(*_cells_to_pixels(cells[2], cells[3], self.grid[1], w))
-            ys = _up_coords(h, self.sizes[k + 1][0], rs.start, rs.stop) - origin[0]
-            xs = _up_coords(w, self.sizes[k + 1][1], cs.start, cs.stop) - origin[1]
-            up = sample(result, *_grid_maps(xs, ys), "linear")
-            mx, my = warp_maps(flow, (h, w), rs, cs)
-            region = up + sample(self.residuals[k], mx, my, self.interp)
-            if k:  # keep the region with a 2-pixel margin of the unchanged level around it for the next level
-                r0, r1 = max(0, rs.start - 2), min(h, rs.stop + 2)
-                c0, c1 = max(0, cs.start - 2), min(w, cs.stop + 2)
-                result = self.levels[k][r0:r1, c0:c1].copy()
-                result[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = region
-                origin = (r0, c0)
-        out[self.box.y + rs.start:self.box.y + rs.stop, self.box.x + cs.start:self.box.x + cs.stop] = (
-            self._composite(region, rs, cs))
-        return out
+            if k == 0:
+                for strip in _strips(rs.start, rs.stop, cs.stop - cs.start):
+                    region = self._level_region(k, result, origin, flow, strip, cs)
+                    rows = slice(self.box.y + strip.start, self.box.y + strip.stop)
+                    out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self._composite(region, strip, cs)
+                return
+            region = self._level_region(k, result, origin, flow, rs, cs)
+            # keep the region with a 2-pixel margin of the unchanged level around it for the next level
+            r0, r1 = max(0, rs.start - 2), min(h, rs.stop + 2)
+            c0, c1 = max(0, cs.start - 2), min(w, cs.stop + 2)
+            result = self.levels[k][r0:r1, c0:c1].copy()
+            result[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = region
+            origin = (r0, c0)
+
+    def _level_region(self, k: int, result: np.ndarray, origin, flow: np.ndarray, rs: slice, cs: slice):
+        """Level k's rows rs × cols cs: up(coarser result) + residual warped by the up-sampled field."""
+        h, w = self.sizes[k]
+        region = up_region(result, (h, w), rs, cs, self.sizes[k + 1], origin)
+        mx, my = warp_maps(flow, (h, w), rs, cs)
+        region += sample(self.residuals[k], mx, my, self.interp)
+        return region
 
     def _composite(self, region: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
         """Working-form region of the box → source format, feather-blended with the source."""
         src = self.source[self.box.slices][rs, cs]
-        fallback = src[..., :3].astype(np.float32) / _scale_of(src.dtype) if self.channels == 4 else None
-        lifted = from_work(region, self.source.dtype, fallback)
-        wgt = self.weights[rs, cs]
-        if (wgt >= 1).all():
-            return lifted
-        wgt = wgt[..., None]
-        blended = lifted.astype(np.float32) * wgt + src.astype(np.float32) * (1 - wgt)
-        if np.issubdtype(self.source.dtype, np.integer):
-            blended = np.rint(blended)
-        return blended.astype(self.source.dtype)
+        lifted = from_work(region, self.source.dtype, src)
+        wy, wx = self.weights_y[rs], self.weights_x[cs]
+        partial_rows, partial_cols = wy < 1, wx < 1
+        # blend only the feather band: whole rows where the y ramp is below 1, then columns of the remaining rows
+        bands = [(r, slice(0, len(wx))) for r in _runs(partial_rows)]
+        if partial_cols.any():
+            bands += [(r, c) for r in _runs(~partial_rows) for c in _runs(partial_cols)]
+        for r, c in bands:
+            w = np.minimum(wy[r][:, None], wx[c][None, :])[..., None]
+            blended = lifted[r, c].astype(np.float32) * w + src[r, c].astype(np.float32) * (1 - w)
+            if np.issubdtype(self.source.dtype, np.integer):
+                blended = np.rint(blended)
+            lifted[r, c] = blended
+        return lifted
 
     def lift_batch(self, lows, flows, _prepared: bool = False) -> np.ndarray:
         """Lift a batch of frames with the torch backend (CPU or CUDA): lows (B, h, w, C), flows (B, h, w, 2)."""
@@ -364,6 +442,42 @@ class Lifter:
         if self._torch is None:
             self._torch = reswarp_torch.TorchLifter(self, self.device)
         return self._torch.lift(lows, flows)
+
+
+STRIP_PIXELS = 1 << 20  # level-0 pixels per strip: per-frame temporaries stay near 50 MB at any size
+
+
+def _strips(start: int, stop: int, width: int):
+    step = max(1, STRIP_PIXELS // max(1, width))
+    for r in range(start, stop, step):
+        yield slice(r, min(stop, r + step))
+
+
+def active_rects(active: np.ndarray, gap: int = 6) -> list[tuple[int, int, int, int]]:
+    """Rectangles (r0, r1, c0, c1) of grid cells covering the active cells: one per cluster (an eye, the mouth),
+    merged while any two come closer than ``gap`` cells, so that no rectangle's recomputed margin reads what another
+    one changes."""
+    if not active.any():
+        return []
+    n, labels = cv2.connectedComponents(active.astype(np.uint8), connectivity=8)
+    rects = []
+    for i in range(1, n):
+        ys, xs = np.nonzero(labels == i)
+        rects.append([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] < b[1] + gap and b[0] < a[1] + gap and a[2] < b[3] + gap and b[2] < a[3] + gap:
+                    rects[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    del rects[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [tuple(int(v) for v in r) for r in rects]
 
 
 def _cells_to_pixels(c0: int, c1: int, n_grid: int, n: int) -> tuple[int, int]:

@@ -192,3 +192,42 @@ def test_cli_reswarp(tmp_path, capsys):
     broken = args[:2] + [str(tmp_path / "broken.png")] + args[3:-1] + [str(tmp_path / "out3.png")]
     assert main(broken) == 2 and "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "out3.png").exists()
+
+
+@pytest.mark.parametrize("mode", rw.MODES)
+def test_sparse_lift_equals_dense(mode):
+    # Local changes in three separate places (two eyes and a mouth, one of them with no motion, only a new colour):
+    # recomputing only around them gives what recomputing the whole box gives, and leaves the rest as the source.
+    src = _noise((700, 1000, 4), np.uint8, 3)
+    lifter = rw.Lifter(src, rw.Box(50, 40, 900, 620), mode=mode)
+    v, u = np.mgrid[0:128, 0:128].astype(np.float32)
+    flow = np.zeros((128, 128, 2), np.float32)
+    for cx, cy in ((40, 50), (90, 50)):
+        g = np.exp(-((u - cx) ** 2 + (v - cy) ** 2) / 18)
+        flow[..., 1] += np.where(g > 1e-3, 1.5 * g, 0)
+    low = lifter._quantised_input(np.uint8).copy()
+    low[95:100, 60:70] = 20
+    assert len(rw.active_rects(lifter.active_cells(lifter._low_work(low, flow), flow))) == 3
+    sparse, dense = lifter.lift(low, flow), lifter.lift(low, flow, sparse=False)
+    assert np.abs(sparse.astype(int) - dense.astype(int)).max() <= 1
+    assert (sparse != src).any(axis=2).mean() < 0.25
+
+
+def test_box_at_grid_size():
+    src = _noise((200, 300, 3), np.uint8, 4)
+    lifter = rw.Lifter(src, rw.Box(10, 10, 128, 128))
+    low = np.full((128, 128, 3), 77, np.uint8)
+    out = lifter.lift(low, ZERO, sparse=False)
+    inner = out[10 + lifter.feather:138 - lifter.feather, 10 + lifter.feather:138 - lifter.feather]
+    assert (inner == 77).all()
+    assert np.abs(lifter.lift(lifter._quantised_input(np.uint8), ZERO).astype(int) - src).max() <= 1
+
+
+def test_strips_do_not_change_the_result(monkeypatch):
+    src = _noise((300, 400, 4), np.uint16, 5)
+    _, _, flow = an.case("rotation", 300, 400)
+    whole = rw.Lifter(src, mode="multiscale")
+    low = whole.low_input() * 0.9
+    ref = whole.lift(low, flow)
+    monkeypatch.setattr(rw, "STRIP_PIXELS", 400 * 7)  # 7-row strips, in the decomposition and in the lift
+    assert np.array_equal(rw.Lifter(src, mode="multiscale").lift(low, flow), ref)

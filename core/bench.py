@@ -193,7 +193,7 @@ def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True, 
     for size in sizes:
         for scene in scenes:
             cells = {m: _run_isolated(m, size, scene, repeat) for m in methods}
-            copy, naive = cells["copy"].get("ms"), cells["naive"].get("ms")
+            copy, naive = cells.get("copy", {}).get("ms"), cells.get("naive", {}).get("ms")
             for m in methods:
                 c = cells[m]
                 if "error" in c:

@@ -160,6 +160,45 @@ def cmd_bench_reswarp(args, out) -> int:
     return 0
 
 
+def cmd_synth(args, out) -> int:
+    if args.sheet:
+        from .imageio import write_image
+        from .synth.sheet import contact_sheet
+
+        seeds = range(args.seed, args.seed + args.characters)
+        write_image(args.sheet, contact_sheet(seeds, size=args.size))
+        out.write(f"wrote {args.sheet}: {args.characters} characters at rest and in 8 poses\n")
+        return 0
+    from tqdm import tqdm
+
+    from .synth.dataset import SynthConfig, write_dataset
+
+    cfg = SynthConfig(characters=args.characters, poses_per_character=args.poses_per_character, size=args.size,
+                      seed=args.seed, test_fraction=args.test_fraction).check()
+    bar = tqdm(total=cfg.characters, unit="char", desc="synth", disable=args.quiet)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    manifest = write_dataset(args.out, cfg, workers=args.workers, progress=progress)
+    bar.close()
+    n = {split: sum(s["samples"] for s in manifest["shards"].values() if s["split"] == split)
+         for split in manifest["splits"]}
+    out.write(f"wrote {args.out}: {n.get('train', 0)} train and {n.get('test', 0)} test pairs at "
+              f"{cfg.size}² ({len(manifest['splits']['train'])} + {len(manifest['splits']['test'])} characters)\n")
+    return 0
+
+
+def cmd_bench_synth(args, out) -> int:
+    from .synth.bench import bench_synth
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    bench_synth(sizes, out=out, characters=args.characters, poses=args.poses)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="keyface", description="Single-image character animation for artists.")
     p.add_argument("--version", action="version", version=f"keyface {__version__}")
@@ -194,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output image (.png or .tiff); written atomically")
     r.set_defaults(run=cmd_reswarp)
 
+    y = sub.add_parser("synth", help="render a synthetic paired dataset (or a contact sheet) of procedural characters")
+    what = y.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", metavar="DIR", help="dataset folder (sharded .npz + manifest.json; resumes)")
+    what.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet instead: characters at rest and in "
+                                                         "8 poses")
+    y.add_argument("--characters", type=int, default=16, help="number of characters (default 16)")
+    y.add_argument("--poses-per-character", type=int, default=20, help="posed samples per character (default 20)")
+    y.add_argument("--size", type=int, default=128, help="square image size in pixels (default 128; sheet: 256)")
+    y.add_argument("--seed", type=int, default=0, help="dataset seed (sheet: first character seed)")
+    y.add_argument("--test-fraction", type=float, default=0.1, help="share of characters held out for testing")
+    y.add_argument("--workers", type=int, help="processes (default: one per core)")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
+    y.set_defaults(run=cmd_synth)
+
     b = sub.add_parser("bench", help="benchmarks (print a table)")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     br = bsub.add_parser("reswarp", help="ResWarp time and peak memory per frame, against a naive reference")
@@ -204,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "copy and naive are needed for the ratios)")
     br.add_argument("--no-quality", action="store_true", help="skip the PSNR table")
     br.set_defaults(run=cmd_bench_reswarp)
+    bs = bsub.add_parser("synth", help="synthetic pairs per second, and one 4K pair")
+    bs.add_argument("--sizes", default="128,256,512", help="comma-separated square sizes")
+    bs.add_argument("--characters", type=int, default=8, help="characters per cell")
+    bs.add_argument("--poses", type=int, default=20, help="poses per character")
+    bs.set_defaults(run=cmd_bench_synth)
     return p
 
 

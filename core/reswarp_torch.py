@@ -32,35 +32,45 @@ class TorchLifter:
         self.device = torch.device(device)
         self.residuals = [torch.from_numpy(r).permute(2, 0, 1)[None].to(self.device) for r in lifter.residuals]
 
-    def _up_maps(self, out_hw, in_hw, batch: int):
-        ys = torch.from_numpy(_up_coords(out_hw[0], in_hw[0])).to(self.device)
+    def _up_maps(self, out_hw, in_hw, batch: int, rows: slice | None = None):
+        rows = rows or slice(0, out_hw[0])
+        ys = torch.from_numpy(_up_coords(out_hw[0], in_hw[0], rows.start, rows.stop)).to(self.device)
         xs = torch.from_numpy(_up_coords(out_hw[1], in_hw[1])).to(self.device)
         my, mx = torch.meshgrid(ys, xs, indexing="ij")
         return mx.expand(batch, -1, -1), my.expand(batch, -1, -1)
 
+    def _level(self, k: int, result: torch.Tensor, flow: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of level k: up(coarser result) + the residual warped by the up-sampled field."""
+        lf = self.lifter
+        batch = result.shape[0]
+        gh, gw = lf.grid
+        h, w = lf.sizes[k]
+        mx, my = self._up_maps((h, w), lf.sizes[k + 1], batch, rows)
+        up = sample_t(result, mx, my)
+        fx, fy = self._up_maps((h, w), (gh, gw), batch, rows)
+        f = sample_t(flow, fx, fy)
+        px = torch.arange(w, device=self.device, dtype=torch.float32)[None, None, :] + f[:, 0] * (w / gw)
+        py = (torch.arange(rows.start, rows.stop, device=self.device, dtype=torch.float32)[None, :, None]
+              + f[:, 1] * (h / gh))
+        res = self.residuals[k].expand(batch, -1, -1, -1)
+        return up + sample_t(res, px, py, lf.interp)
+
     @torch.no_grad()
     def lift(self, lows: np.ndarray, flows: np.ndarray) -> np.ndarray:
+        """Coarse levels whole; level 0 in row strips (bounded memory), each composited into the output frames."""
+        from .reswarp import _strips
+
         lf = self.lifter
         batch = len(lows)
         result = torch.from_numpy(np.ascontiguousarray(lows)).permute(0, 3, 1, 2).to(self.device)
         flow = torch.from_numpy(np.ascontiguousarray(flows)).permute(0, 3, 1, 2).to(self.device)
-        gh, gw = lf.grid
-        for k in range(len(lf.sizes) - 2, -1, -1):
-            h, w = lf.sizes[k]
-            mx, my = self._up_maps((h, w), lf.sizes[k + 1], batch)
-            up = sample_t(result, mx, my)
-            fx, fy = self._up_maps((h, w), (gh, gw), batch)
-            f = sample_t(flow, fx, fy)
-            px = torch.arange(w, device=self.device, dtype=torch.float32)[None, None, :] + f[:, 0] * (w / gw)
-            py = torch.arange(h, device=self.device, dtype=torch.float32)[None, :, None] + f[:, 1] * (h / gh)
-            res = self.lifter_residual(k, batch)
-            result = up + sample_t(res, px, py, lf.interp)
-        region = result.permute(0, 2, 3, 1).cpu().numpy()
+        for k in range(len(lf.sizes) - 2, 0, -1):
+            result = self._level(k, result, flow, slice(0, lf.sizes[k][0]))
         out = np.repeat(lf.source[None], batch, axis=0)
-        full = (slice(0, lf.box.h), slice(0, lf.box.w))
-        for i in range(batch):
-            out[i][lf.box.slices] = lf._composite(region[i], *full)
+        cols = slice(0, lf.box.w)
+        for rows in _strips(0, lf.box.h, batch * lf.box.w):
+            region = self._level(0, result, flow, rows).permute(0, 2, 3, 1).cpu().numpy()
+            for i in range(batch):
+                out[i][lf.box.y + rows.start:lf.box.y + rows.stop, lf.box.x:lf.box.x + lf.box.w] = (
+                    lf._composite(region[i], rows, cols))
         return out
-
-    def lifter_residual(self, k: int, batch: int) -> torch.Tensor:
-        return self.residuals[k].expand(batch, -1, -1, -1)

@@ -207,3 +207,44 @@ def bench_reswarp(sizes, repeat: int = 5, out=sys.stdout, quality: bool = True, 
     _print(rows, out)
     if quality:
         quality_table(sizes, out)
+
+
+def bench_render(scene_path, frames: int = 12, batch: int = 4, device: str = "cpu", out=sys.stdout) -> None:
+    """Whole-frame render time of a scene (generator, ResWarp, PNG encode) and the process's peak memory."""
+    import cv2
+    import torch
+
+    from .imageio import read_image
+    from .pipeline import FrameJob
+    from .rig import convert
+    from .scene import load_scene
+
+    scene = load_scene(scene_path)
+    source = read_image(scene.source_path)
+    t0 = time.perf_counter()
+    job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp)
+    prep = time.perf_counter() - t0
+    todo = list(scene.frames)[:frames]
+    values = convert(scene.sample(todo), scene.schema, job.schema)
+    gen_t = lift_t = enc_t = 0.0
+    for i in range(0, len(todo), batch):
+        t0 = time.perf_counter()
+        results, flows = job.low_results(values[i:i + batch])
+        t1 = time.perf_counter()
+        imgs = [job.lifter.lift(r, f) for r, f in zip(results, flows, strict=True)]
+        t2 = time.perf_counter()
+        for img in imgs:
+            cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR))
+        t3 = time.perf_counter()
+        gen_t, lift_t, enc_t = gen_t + t1 - t0, lift_t + t2 - t1, enc_t + t3 - t2
+    n = len(todo)
+    total = gen_t + lift_t + enc_t
+    out.write(f"render of {scene_path}: {source.shape[1]}×{source.shape[0]} {source.dtype}, face box "
+              f"{job.box.w}×{job.box.h}, model {scene.model} on {device} (torch {torch.get_num_threads()} threads), "
+              f"{n} frames, batch {batch}\n")
+    rows = [["stage", "ms/frame"], ["generator (incl. rest pass)", f"{1000 * gen_t / n:.0f}"],
+            ["ResWarp", f"{1000 * lift_t / n:.0f}"], ["PNG encode", f"{1000 * enc_t / n:.0f}"],
+            ["total", f"{1000 * total / n:.0f}"]]
+    _print(rows, out)
+    out.write(f"frames/s: {n / total:.2f}; one-time preparation (load model, decompose source): {prep:.2f} s; "
+              f"peak memory: {_peak_mb():.0f} MB\n")

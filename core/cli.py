@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +39,16 @@ def _positive(text: str) -> float:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -174,7 +185,8 @@ def cmd_synth(args, out) -> int:
     from .synth.dataset import SynthConfig, write_dataset
 
     cfg = SynthConfig(characters=args.characters, poses_per_character=args.poses_per_character, size=args.size,
-                      seed=args.seed, test_fraction=args.test_fraction).check()
+                      seed=args.seed, test_fraction=args.test_fraction, framing=args.framing, poses=args.poses,
+                      project=args.project).check()
     bar = tqdm(total=cfg.characters, unit="char", desc="synth", disable=args.quiet)
 
     def progress(done, total):
@@ -188,6 +200,112 @@ def cmd_synth(args, out) -> int:
          for split in manifest["splits"]}
     out.write(f"wrote {args.out}: {n.get('train', 0)} train and {n.get('test', 0)} test pairs at "
               f"{cfg.size}² ({len(manifest['splits']['train'])} + {len(manifest['splits']['test'])} characters)\n")
+    return 0
+
+
+def cmd_render(args, out) -> int:
+    from tqdm import tqdm
+
+    from .pipeline import render_scene
+
+    scene = load_scene(args.scene)
+    frames = None
+    if args.frames:
+        first, last = args.frames
+        frames = range(first, last + 1)
+    bar = tqdm(total=0, unit="frame", desc="render", disable=args.quiet)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        written = render_scene(scene, args.out, frames=frames, fmt=args.format, device=args.device,
+                               resume=args.resume, batch=args.batch, progress=progress)
+    except KeyboardInterrupt:
+        bar.close()
+        out.write("interrupted; finished frames are kept: rerun with --resume\n")
+        return 130
+    bar.close()
+    out.write(f"wrote {len(written)} frames to {args.out or scene.output_dir}\n")
+    return 0
+
+
+def _set_arg(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CHANNEL=VALUE, got {text!r}") from None
+
+
+def cmd_pose(args, out) -> int:
+    from .imageio import read_image, write_image
+    from .models import get_model
+    from .pipeline import FrameJob
+    from .reswarp import Box
+
+    info = get_model(args.model)
+    schema = info.schema
+    values = np.zeros((1, len(schema)), np.float64)
+    for name, value in args.set or []:
+        values[0, schema.index(name)] = value
+    values = schema.validate(values)
+    source = read_image(args.image)
+    job = FrameJob.prepare(source, args.model, Box.parse(args.box) if args.box else None, args.device, args.mode)
+    write_image(args.out, job.frames(values)[0])
+    out.write(f"wrote {args.out} ({source.shape[1]}×{source.shape[0]}, face box {job.box.x},{job.box.y},"
+              f"{job.box.w},{job.box.h})\n")
+    return 0
+
+
+def cmd_train_atw(args, out) -> int:
+    from tqdm import tqdm
+
+    from .methods.atw.networks import ATWConfig
+    from .methods.atw.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
+                      eval_every=args.eval_every, model=ATWConfig(base=args.base))
+    trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
+                      log=lambda msg: tqdm.write(msg, file=out))
+    bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", desc="atw", disable=args.quiet)
+
+    def progress(step, logs):
+        bar.update(step - bar.n)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("total", "img", "flow", "rec", "d_adv")})
+
+    try:
+        trainer.fit(progress)
+    except KeyboardInterrupt:
+        trainer.save()
+        bar.close()
+        out.write(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume\n")
+        return 130
+    bar.close()
+    out.write(f"finished {trainer.step} steps: {args.out}/generator.safetensors\n")
+    return 0
+
+
+def cmd_train_facebox(args, out) -> int:
+    from pathlib import Path
+
+    from .facebox import train_facebox
+
+    info = train_facebox(Path(args.out), samples=args.samples, steps=args.steps, seed=args.seed,
+                         log=lambda m: out.write(m + "\n"))
+    out.write(f"wrote {args.out}: validation mean abs error (cx, cy, side) = "
+              f"{', '.join(f'{v:.4f}' for v in info['val_abs_err_cx_cy_side'])} (fractions of the square)\n")
+    return 0
+
+
+def cmd_bench_render(args, out) -> int:
+    from .bench import bench_render
+
+    bench_render(args.scene, frames=args.frames, batch=args.batch, device=args.device, out=out)
     return 0
 
 
@@ -243,9 +361,60 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--size", type=int, default=128, help="square image size in pixels (default 128; sheet: 256)")
     y.add_argument("--seed", type=int, default=0, help="dataset seed (sheet: first character seed)")
     y.add_argument("--test-fraction", type=float, default=0.1, help="share of characters held out for testing")
+    y.add_argument("--framing", choices=("full", "face"), default="full",
+                   help="full: upper body in the THA placement; face: the face box fills the image")
+    y.add_argument("--poses", choices=("all", "expression"), default="all",
+                   help="expression: head and body stay at rest (for expression generators)")
+    y.add_argument("--project", metavar="SCHEMA", help="keep only expressions this schema represents (e.g. au17)")
     y.add_argument("--workers", type=int, help="processes (default: one per core)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(run=cmd_synth)
+
+    rr = sub.add_parser("render", help="render a scene's frames at the source's full resolution")
+    rr.add_argument("scene", metavar="SCENE.json")
+    rr.add_argument("--out", help="output folder (default: the scene's output.directory)")
+    rr.add_argument("--frames", type=_frames_arg, metavar="FIRST:LAST", help="inclusive (default: the scene's range)")
+    rr.add_argument("--format", choices=("png", "tiff"), help="default: the scene's output.format")
+    rr.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    rr.add_argument("--resume", action="store_true", help="keep frames already written, render the rest")
+    rr.add_argument("--batch", type=_positive_int, default=4, help="frames per generator batch")
+    rr.add_argument("--quiet", action="store_true", help="no progress bar")
+    rr.set_defaults(run=cmd_render)
+
+    po = sub.add_parser("pose", help="one full-resolution frame of an image with set expression values")
+    po.add_argument("image", metavar="IMAGE")
+    po.add_argument("--model", required=True, help="generator (keyface models)")
+    po.add_argument("--set", type=_set_arg, action="append", metavar="CHANNEL=VALUE",
+                    help="a channel of the model's schema, e.g. AU12=3 (repeatable; others stay 0)")
+    po.add_argument("--box", metavar="x,y,w,h", help="face box (default: detected)")
+    po.add_argument("--mode", choices=("multiscale", "vanilla"), default="multiscale", help="ResWarp mode")
+    po.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    po.add_argument("--out", required=True, help="output image (.png or .tiff), written atomically")
+    po.set_defaults(run=cmd_pose)
+
+    t = sub.add_parser("train", help="train a generator")
+    tsub = t.add_subparsers(dest="train_command", required=True, metavar="METHOD")
+    ta = tsub.add_parser("atw", help="ATW (seed 004) on a synthetic dataset (keyface synth --framing face "
+                                     "--poses expression --project au17)")
+    ta.add_argument("--data", required=True, help="dataset folder written by keyface synth")
+    ta.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
+    ta.add_argument("--steps", type=_positive_int, default=2000, help="generator steps in all (default 2000)")
+    ta.add_argument("--batch", type=_positive_int, default=16)
+    ta.add_argument("--mode", choices=("supervised", "gan", "both"), default="supervised",
+                    help="supervised (paired corpus), gan (the paper's five losses), or both")
+    ta.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer")
+    ta.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
+    ta.add_argument("--seed", type=int, default=0)
+    ta.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ta.add_argument("--resume", action="store_true", help="continue the run in --out")
+    ta.add_argument("--quiet", action="store_true", help="no progress bar")
+    ta.set_defaults(run=cmd_train_atw)
+    tf = tsub.add_parser("facebox", help="the automatic face box regressor, on synthetic characters")
+    tf.add_argument("--out", required=True, help="weights file (.safetensors; a .json with metrics is written beside)")
+    tf.add_argument("--samples", type=_positive_int, default=4000)
+    tf.add_argument("--steps", type=_positive_int, default=3000)
+    tf.add_argument("--seed", type=int, default=0)
+    tf.set_defaults(run=cmd_train_facebox)
 
     b = sub.add_parser("bench", help="benchmarks (print a table)")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -257,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "copy and naive are needed for the ratios)")
     br.add_argument("--no-quality", action="store_true", help="skip the PSNR table")
     br.set_defaults(run=cmd_bench_reswarp)
+    bn = bsub.add_parser("render", help="whole-frame render time (generator, ResWarp, encode) and peak memory")
+    bn.add_argument("scene", nargs="?", default=str(Path(__file__).parent / "data" / "example" / "scene.json"),
+                    help="scene (default: the bundled 4K example)")
+    bn.add_argument("--frames", type=_positive_int, default=12)
+    bn.add_argument("--batch", type=_positive_int, default=4)
+    bn.add_argument("--device", default="cpu")
+    bn.set_defaults(run=cmd_bench_render)
     bs = bsub.add_parser("synth", help="synthetic pairs per second, and one 4K pair")
     bs.add_argument("--sizes", default="128,256,512", help="comma-separated square sizes")
     bs.add_argument("--characters", type=int, default=8, help="characters per cell")

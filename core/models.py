@@ -6,6 +6,7 @@ are actually present are listed, so ``keyface models`` and scene validation neve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,12 @@ class ModelInfo:
     schema_name: str
     description: str
     weights: Path | None = None
+    loader: Callable | None = None  # (info, device) → a runtime: grid, schema, __call__(low, values) → (out, flow)
+
+    def load(self, device: str = "cpu"):
+        if self.loader is None:
+            raise KeyfaceError(f"model {self.id} cannot be loaded")
+        return self.loader(self, device)
 
     @property
     def schema(self) -> Schema:
@@ -34,11 +41,28 @@ def register(info: ModelInfo) -> None:
     _REGISTRY[info.id] = info
 
 
+_BUILTIN = ("atw",)
+_loaded = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in method packages, each of which registers its shipped models (cheap: no torch)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import importlib
+
+        for name in _BUILTIN:
+            importlib.import_module(f"keyface.core.methods.{name}")
+
+
 def available_models() -> list[ModelInfo]:
+    _load_builtin()
     return sorted(_REGISTRY.values(), key=lambda m: m.id)
 
 
 def get_model(model_id: str) -> ModelInfo:
+    _load_builtin()
     try:
         return _REGISTRY[model_id]
     except KeyError:

@@ -26,7 +26,9 @@ import numpy as np
 
 from ..errors import KeyfaceError
 from ..io import atomic_write_bytes, atomic_write_text
+from ..rig import character_schema, convert, get_schema
 from .character import sample_character
+from .render import FRAMINGS
 from .sample import SCHEMAS, PairRenderer, sample_pose
 
 FORMAT = 1
@@ -40,6 +42,9 @@ class SynthConfig:
     seed: int = 0
     test_fraction: float = 0.1
     characters_per_shard: int = 16
+    framing: str = "full"        # "full": upper body, THA placement; "face": the face box fills the image
+    poses: str = "all"           # "all" or "expression" (head and body at rest)
+    project: str | None = None   # schema the expression must be representable in (e.g. au17), or None
 
     def check(self) -> SynthConfig:
         if self.characters < 1 or self.poses_per_character < 1:
@@ -48,7 +53,30 @@ class SynthConfig:
             raise KeyfaceError(f"size must be between 16 and 4096, got {self.size}")
         if not 0 <= self.test_fraction < 1:
             raise KeyfaceError("test fraction must be in [0, 1)")
+        if self.framing not in FRAMINGS:
+            raise KeyfaceError(f"framing must be one of {', '.join(FRAMINGS)}")
+        if self.poses not in ("all", "expression"):
+            raise KeyfaceError("poses must be 'all' or 'expression'")
+        if self.project is not None:
+            get_schema(self.project)
         return self
+
+    def pose(self, rng) -> dict:
+        return pose_for(sample_pose(rng), self.poses, self.project)
+
+
+def pose_for(values: dict, poses: str = "all", project: str | None = None) -> dict:
+    """Restrict a sampled pose: ``expression`` keeps head and body at rest; ``project`` passes the expression through
+    a schema and back (e.g. au17: bilateral, no gaze), so that the schema's values determine the image."""
+    if project is not None:
+        names = character_schema().names
+        vec = np.array([values.get(n, 0.0) for n in names])
+        back = convert(convert(vec, "character", project), project, "character")
+        kept = {n: float(v) for n, v in zip(names, back, strict=True)}
+        values = {**kept, **{n: values[n] for n in names if n.startswith(("head_", "body_")) or n == "breathing"}}
+    if poses == "expression":
+        values = {n: (0.0 if n.startswith(("head_", "body_")) or n == "breathing" else v) for n, v in values.items()}
+    return values
 
 
 def character_seeds(cfg: SynthConfig) -> dict[str, list[int]]:
@@ -64,9 +92,9 @@ def character_seeds(cfg: SynthConfig) -> dict[str, list[int]]:
 def render_character(seed: int, cfg_dict: dict) -> dict[str, np.ndarray]:
     """All poses of one character as shard arrays (runs in a worker process)."""
     cfg = SynthConfig(**cfg_dict)
-    pr = PairRenderer(sample_character(seed), (cfg.size, cfg.size))
+    pr = PairRenderer(sample_character(seed), (cfg.size, cfg.size), FRAMINGS[cfg.framing])
     rng = np.random.default_rng([cfg.seed, seed, 0xB05E])
-    samples = [pr.sample(sample_pose(rng)) for _ in range(cfg.poses_per_character)]
+    samples = [pr.sample(cfg.pose(rng)) for _ in range(cfg.poses_per_character)]
     u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
     out = {
         "char_seed": np.array([s.char_seed for s in samples], np.int64),

@@ -50,6 +50,10 @@ class Placement:
         return self.center[0] * w, self.center[1] * h
 
 
+FACE_CROP = Placement(center=(0.5, 0.375), head=1.0)  # the face box (2 × 2 units about (0, 0.25)) fills the image
+FRAMINGS = {"full": Placement(), "face": FACE_CROP}
+
+
 # ------------------------------------------------------------------------------------------------ coverage helpers
 
 

@@ -1,0 +1,114 @@
+"""Network blocks shared by the generators (written once): convolution units, residual blocks, AdaIN, SPADE,
+attention, and warping by a keyface flow.
+
+Warping follows keyface's flow convention (see :mod:`keyface.core.reswarp`): a backward flow in pixels, output pixel
+(x, y) reads the input at (x + flow_x, y + flow_y), bilinear, border replicate, pixel centres at half-integers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "elu": lambda: nn.ELU(inplace=True),
+               "lrelu": lambda: nn.LeakyReLU(0.2, inplace=True), "none": nn.Identity}
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def conv_unit(cin: int, cout: int, k: int = 3, stride: int = 1, norm: str = "instance", act: str = "relu",
+              transpose: bool = False) -> nn.Sequential:
+    """conv (or stride-2 transposed conv when ``transpose``) → norm → activation."""
+    if transpose:
+        conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=norm == "none")
+    else:
+        conv = nn.Conv2d(cin, cout, k, stride=stride, padding=(k - stride + 1) // 2, bias=norm == "none")
+    return nn.Sequential(conv, norm_layer(norm, cout), ACTIVATIONS[act]())
+
+
+class ResBlock(nn.Module):
+    """x + conv-norm-act-conv-norm(x)."""
+
+    def __init__(self, channels: int, norm: str = "instance", act: str = "relu"):
+        super().__init__()
+        self.body = nn.Sequential(conv_unit(channels, channels, norm=norm, act=act),
+                                  nn.Conv2d(channels, channels, 3, padding=1, bias=norm == "none"),
+                                  norm_layer(norm, channels))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance norm: normalise, then scale and shift from a conditioning vector."""
+
+    def __init__(self, channels: int, cond: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.affine = nn.Linear(cond, 2 * channels)
+
+    def forward(self, x, c):
+        gamma, beta = self.affine(c).chunk(2, dim=1)
+        return self.norm(x) * (1 + gamma[..., None, None]) + beta[..., None, None]
+
+
+class SPADE(nn.Module):
+    """Spatially adaptive norm: scale and shift maps predicted from a conditioning image (resized to x)."""
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int = 64):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
+        self.gamma = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x, cond):
+        cond = F.interpolate(cond, size=x.shape[2:], mode="nearest")
+        h = self.shared(cond)
+        return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over spatial positions, residual."""
+
+    def __init__(self, channels: int, heads: int = 8):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(32, channels), channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = self.norm(x).flatten(2).transpose(1, 2)
+        out, _ = self.attn(t, t, t, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def tile(signal: torch.Tensor, size) -> torch.Tensor:
+    """(B, D) → (B, D, H, W): the driving vector repeated at every pixel."""
+    return signal[:, :, None, None].expand(-1, -1, size[0], size[1])
+
+
+def identity_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, 2, H, W) pixel coordinates (x, y)."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                            indexing="ij")
+    return torch.stack([xs, ys])[None]
+
+
+def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Warp (B, C, H, W) by a backward flow (B, 2, H, W) in pixels (keyface convention)."""
+    b, _, h, w = img.shape
+    pos = identity_grid(h, w, img.device, flow.dtype) + flow
+    gx = (2 * pos[:, 0] + 1) / w - 1
+    gy = (2 * pos[:, 1] + 1) / h - 1
+    return F.grid_sample(img, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
+                         align_corners=False)

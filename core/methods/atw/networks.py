@@ -1,0 +1,116 @@
+"""ATW networks (seed 004 §3.2–3.3).
+
+Generator G(I, c_t) at the grid size (128² by default):
+
+* **Motion Network**: [I, tile(c_t)] → conv 7×7 → two stride-2 down-samplings → 6 residual blocks → two transposed-conv
+  up-samplings → conv 7×7 → tanh × ``flow_scale`` pixels: the backward motion field F (keyface flow convention).
+  Instance norm and ReLU throughout, as the paper says.
+* **Warp**: O^w = warp(I, F).
+* **Refinement Network**: [O^w, tile(c_t)] → the same encoder–decoder shape with 4 residual blocks, ELU and no
+  normalisation (the paper: keeps colours consistent) → O^r.
+
+Choices where the paper is silent (written down here): images are RGBA, *premultiplied*, in [-1, 1] (alpha matters
+for painted characters on transparent backgrounds and premultiplied warping has no fringes); the refinement network
+also sees the driving signal (it must paint content the warp cannot produce, e.g. the inside of an opening mouth) and
+predicts a bounded correction, O^r = clamp(O^w + tanh(·), −1, 1), which the refine loss |O^w − O^r| keeps small;
+``flow_scale`` is 24 px at 128² (an eyelid travels up to ~20 px there); channel widths are configurable (``base``,
+default 32: the shipped model had to train on a 2-core CPU).
+
+Critics (WGAN-GP, StarGAN-style PatchGAN trunks of stride-2 4×4 convs with LeakyReLU): **D^r** returns the
+adversarial score map and the driving-signal prediction; **D^w** has only the driving head and judges the warped
+image O^w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ...blocks import ResBlock, conv_unit, tile, warp
+from .conditioning import DIM
+
+
+@dataclass
+class ATWConfig:
+    grid: int = 128
+    channels: int = 4          # RGBA premultiplied
+    driving: int = DIM         # au17
+    base: int = 32
+    motion_blocks: int = 6
+    refine_blocks: int = 4
+    flow_scale: float = 24.0
+    critic_base: int = 32
+    critic_layers: int = 5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _encoder_decoder(cin: int, cout: int, base: int, blocks: int, norm: str, act: str) -> nn.Sequential:
+    return nn.Sequential(
+        conv_unit(cin, base, 3, norm=norm, act=act),
+        conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
+        conv_unit(2 * base, 4 * base, 4, stride=2, norm=norm, act=act),
+        *[ResBlock(4 * base, norm=norm, act=act) for _ in range(blocks)],
+        conv_unit(4 * base, 2 * base, norm=norm, act=act, transpose=True),
+        conv_unit(2 * base, base, norm=norm, act=act, transpose=True),
+        nn.Conv2d(base, cout, 3, padding=1),
+    )
+
+
+class MotionNet(nn.Module):
+    def __init__(self, cfg: ATWConfig):
+        super().__init__()
+        self.scale = cfg.flow_scale
+        self.net = _encoder_decoder(cfg.channels + cfg.driving, 2, cfg.base, cfg.motion_blocks, "instance", "relu")
+
+    def forward(self, img, c):
+        return torch.tanh(self.net(torch.cat([img, tile(c, img.shape[2:])], 1))) * self.scale
+
+
+class RefineNet(nn.Module):
+    def __init__(self, cfg: ATWConfig):
+        super().__init__()
+        self.net = _encoder_decoder(cfg.channels + cfg.driving, cfg.channels, cfg.base, cfg.refine_blocks, "none",
+                                    "elu")
+
+    def forward(self, warped, c):
+        delta = torch.tanh(self.net(torch.cat([warped, tile(c, warped.shape[2:])], 1)))
+        return (warped + delta).clamp(-1, 1)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: ATWConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.motion = MotionNet(cfg)
+        self.refine = RefineNet(cfg)
+
+    def forward(self, img, c):
+        """img (B, 4, H, W) premultiplied RGBA in [-1, 1]; c (B, D) → (O^r, O^w, F (B, 2, H, W) in pixels)."""
+        flow = self.motion(img, c)
+        warped = warp(img, flow)
+        return self.refine(warped, c), warped, flow
+
+
+class Critic(nn.Module):
+    """PatchGAN trunk; ``adversarial`` adds the WGAN score map (D^r), the driving head is always there."""
+
+    def __init__(self, cfg: ATWConfig, adversarial: bool = True):
+        super().__init__()
+        layers, c = [], cfg.channels
+        width = cfg.critic_base
+        for _ in range(cfg.critic_layers):
+            layers += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True)]
+            c, width = width, min(width * 2, 512)
+        self.trunk = nn.Sequential(*layers)
+        self.adv = nn.Conv2d(c, 1, 3, padding=1) if adversarial else None
+        size = cfg.grid // 2 ** cfg.critic_layers
+        self.drv = nn.Conv2d(c, cfg.driving, size)
+
+    def forward(self, img):
+        h = self.trunk(img)
+        drv = self.drv(h).flatten(1)
+        return (self.adv(h), drv) if self.adv is not None else drv

@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from keyface.core.blocks import warp
+from keyface.core.cli import main
+from keyface.core.errors import KeyfaceError
+from keyface.core.methods.atw.conditioning import DIM, driving
+from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses, gradient_penalty
+from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
+from keyface.core.methods.atw.trainer import TrainConfig, Trainer, from_net, load_generator, save_generator, to_net
+from keyface.core.synth.dataset import SynthConfig, write_dataset
+
+TINY = ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)
+
+
+def test_warp_follows_the_flow_convention():
+    img = torch.arange(5 * 7, dtype=torch.float32).reshape(1, 1, 5, 7)
+    flow = torch.zeros(1, 2, 5, 7)
+    flow[:, 0] = 1.0  # every output pixel reads its right neighbour
+    out = warp(img, flow)
+    assert torch.allclose(out[0, 0, :, :-1], img[0, 0, :, 1:])
+    assert torch.allclose(warp(img, torch.zeros_like(flow)), img)
+
+
+def test_shapes_and_gradients():
+    g, dr, dw = Generator(TINY), Critic(TINY), Critic(TINY, adversarial=False)
+    x = torch.rand(2, 4, 64, 64) * 2 - 1
+    c = torch.rand(2, DIM)
+    refined, warped, flow = g(x, c)
+    assert refined.shape == warped.shape == x.shape and flow.shape == (2, 2, 64, 64)
+    assert flow.abs().max() <= TINY.flow_scale and refined.abs().max() <= 1
+    score, drv = dr(x)
+    assert score.shape[:2] == (2, 1) and drv.shape == (2, DIM) and dw(x).shape == (2, DIM)
+    (refined.mean() + flow.mean()).backward()
+    for name, p in g.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in g.motion.parameters())
+
+
+def test_loss_terms():
+    torch.manual_seed(0)
+    g, dr, dw = Generator(TINY), Critic(TINY), Critic(TINY, adversarial=False)
+    w = LossWeights()
+    x = torch.rand(2, 4, 64, 64) * 2 - 1
+    c_s, c_t = torch.zeros(2, DIM), torch.rand(2, DIM)
+    out = g(x, c_t)
+    terms = generator_losses(g, x, c_s, c_t, out, w, target=x, flow_gt=torch.zeros(2, 2, 64, 64),
+                             visible=torch.ones(2, 1, 64, 64), dr=dr, dw=dw)
+    assert set(terms) == {"ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg", "total"}
+    refined, warped, flow = out
+    assert terms["ref"].item() == pytest.approx((warped - refined).abs().mean().item())
+    assert terms["flow"].item() == pytest.approx(flow.abs().mean().item(), rel=1e-5)
+    expected = sum(getattr(w, k) * terms[k] for k in ("ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg"))
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # masked terms ignore pixels marked invisible
+    vis = torch.zeros(2, 1, 64, 64)
+    vis[..., :8, :8] = 1
+    t2 = generator_losses(g, x, c_s, c_t, out, w, target=x, flow_gt=flow.detach(), visible=vis)
+    assert t2["flow"].item() == pytest.approx(0, abs=1e-6) and "adv" not in t2
+    d = critic_losses(dr, dw, x, out[0].detach(), c_s, w)
+    assert d["d_drv"].item() == pytest.approx(torch.nn.functional.mse_loss(dr(x)[1], c_s).item(), rel=1e-5)
+    assert gradient_penalty(dr, x, out[0].detach()).item() >= 0
+
+
+def test_image_conversion_round_trip():
+    rgba = (np.random.default_rng(0).random((2, 8, 8, 4)) * 255).astype(np.uint8)
+    rgba[..., 3] = 255
+    back = from_net(to_net(rgba))
+    assert np.abs(back * 255 - rgba).max() <= 0.51
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atwdata")
+    write_dataset(root, SynthConfig(characters=6, poses_per_character=4, size=64, seed=3, test_fraction=0.34,
+                                    framing="face", poses="expression", project="au17"), workers=1)
+    return root
+
+
+def _cfg(data, **kw):
+    return TrainConfig(data=str(data), batch=4, eval_every=1000, eval_characters=2, model=TINY, **kw)
+
+
+def test_tiny_overfit_loss_falls(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, steps=60, lr=3e-3)
+    tr = Trainer(cfg, tmp_path / "run", device="cpu", log=lambda m: None)
+    tr.train_data.rest = tr.train_data.rest[:4]  # one fixed batch
+    first = [tr.train_step()["total"] for _ in range(5)]
+    for _ in range(50):
+        last = tr.train_step()["total"]
+    assert last < 0.6 * np.mean(first)
+
+
+def test_gan_mode_step_runs(tiny_data, tmp_path):
+    tr = Trainer(_cfg(tiny_data, steps=1, mode="both", critic_steps=2), tmp_path / "run", device="cpu",
+                 log=lambda m: None)
+    logs = tr.train_step()
+    assert {"d_adv", "d_w", "adv", "drv", "warp", "img"} <= set(logs)
+
+
+def test_checkpoint_round_trip_and_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_cfg(tiny_data, steps=3), run, device="cpu", log=lambda m: None).fit()
+    assert (run / "generator.safetensors").exists()
+    meta = json.loads((run / "generator.json").read_text())
+    assert meta["steps"] == 3 and set(meta["eval"]) == {"blink", "mouth open", "smile"}
+    # resuming continues from step 3 with the same batches as an uninterrupted run
+    resumed = Trainer(_cfg(tiny_data, steps=5), run, device="cpu", resume=True, log=lambda m: None)
+    assert resumed.step == 3
+    resumed.fit()
+    straight = Trainer(_cfg(tiny_data, steps=5), tmp_path / "straight", device="cpu", log=lambda m: None)
+    straight.fit()
+    a = load_generator(run / "generator.safetensors").state_dict()
+    b = load_generator(tmp_path / "straight" / "generator.safetensors").state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    with pytest.raises(KeyfaceError, match="already holds a run"):
+        Trainer(_cfg(tiny_data, steps=5), run, device="cpu")
+    with pytest.raises(KeyfaceError, match="not found"):
+        load_generator(tmp_path / "missing.safetensors")
+    save_generator(Generator(TINY), tmp_path / "g.safetensors")
+    assert load_generator(tmp_path / "g.safetensors").cfg == TINY
+
+
+def test_driving_vector():
+    from keyface.core.rig import character_schema
+
+    names = character_schema().names
+    v = np.zeros(len(names))
+    v[names.index("mouth_open")] = 1.0
+    d = driving(v)
+    assert d.shape == (DIM,) and d.max() == pytest.approx(1.0) and d.min() >= 0
+
+
+def test_cli_train_atw(tiny_data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "atw", "--data", str(tiny_data), "--out", str(out), "--steps", "2", "--batch", "2", "--base",
+            "4", "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    assert "finished 2 steps" in capsys.readouterr().out
+    assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main(["train", "atw", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "no synthetic dataset" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keyface.core import models
+from keyface.core.cli import main
+from keyface.core.errors import KeyfaceError
+from keyface.core.imageio import read_image, write_image
+from keyface.core.methods.atw import WEIGHTS, load
+from keyface.core.methods.atw.networks import ATWConfig, Generator
+from keyface.core.methods.atw.trainer import save_generator
+from keyface.core.pipeline import FrameJob, frame_name, render_scene
+from keyface.core.scene import load_scene
+from keyface.core.synth.character import sample_character
+from keyface.core.synth.face import Pose
+from keyface.core.synth.render import REST, Renderer
+from keyface.core.synth.sample import PairRenderer
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "core" / "data" / "example"
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """A registered ATW model with random weights: exercises the pipeline's mechanics, not its quality."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_generator(Generator(ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)), path)
+    models.register(models.ModelInfo("test-random-atw", "atw", "au17", "random weights (tests)", path, load))
+    return "test-random-atw"
+
+
+@pytest.fixture(scope="module")
+def character(tmp_path_factory):
+    d = tmp_path_factory.mktemp("char")
+    pr = PairRenderer(sample_character(4), (300, 420))
+    img = np.clip(np.rint(pr.renderer.render().image * 255), 0, 255).astype(np.uint8)
+    write_image(d / "character.png", img)
+    return d, img, pr.face_box(Pose(dict(REST)))
+
+
+def _scene(d: Path, model: str, box, tracks: dict, frames=(0, 3)) -> Path:
+    doc = {"keyface_scene": 1, "source": "character.png", "schema": "au17", "model": model, "face_box": list(box),
+           "fps": 24, "frame_range": list(frames), "tracks": tracks}
+    path = d / f"scene_{len(list(d.glob('scene_*.json')))}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_neutral_keys_reproduce_the_input(random_model, character, tmp_path):
+    d, img, box = character
+    scene = load_scene(_scene(d, random_model, box, {"AU12": {"keys": [{"frame": 0, "value": 0}]}}))
+    written = render_scene(scene, tmp_path / "out")
+    assert [p.name for p in written] == [frame_name(f, "png") for f in range(4)]
+    x, y, w, h = box
+    outside = np.ones(img.shape[:2], bool)
+    outside[y:y + h, x:x + w] = False
+    for p in written:
+        frame = read_image(p)
+        assert np.array_equal(frame[outside], img[outside])
+        assert np.abs(frame.astype(int) - img.astype(int)).max() <= 1
+
+
+def test_keyed_frames_change_only_the_box_and_resume(random_model, character, tmp_path):
+    d, img, box = character
+    tracks = {"AU26": {"keys": [{"frame": 0, "value": 0}, {"frame": 3, "value": 5}]}}
+    scene = load_scene(_scene(d, random_model, box, tracks))
+    out = tmp_path / "out"
+    render_scene(scene, out, frames=[0, 1])
+    x, y, w, h = box
+    last = render_scene(scene, out, resume=True)
+    assert [p.name for p in last] == [frame_name(2, "png"), frame_name(3, "png")]
+    frame = read_image(out / frame_name(3, "png"))
+    diff = np.abs(frame.astype(int) - img.astype(int)).max(axis=2)
+    inside = np.zeros_like(diff, bool)
+    inside[y:y + h, x:x + w] = True
+    assert diff[inside].max() > 0 and not diff[~inside].any()
+    with pytest.raises(KeyfaceError, match="use --resume"):
+        render_scene(scene, out, frames=[0])
+    stopped = render_scene(scene, tmp_path / "out2", should_stop=lambda: True)
+    assert stopped == []
+
+
+def test_bad_scenes_and_missing_weights(random_model, character, tmp_path, capsys):
+    d, img, box = character
+    bad = _scene(d, "no-such-model", box, {"AU12": {"keys": [{"frame": 0, "value": 0}]}})
+    assert main(["render", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    broken = d / "broken.json"
+    broken.write_text("{not json")
+    assert main(["render", str(broken), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    info = models.ModelInfo("test-missing", "atw", "au17", "weights deleted", tmp_path / "gone.safetensors", load)
+    models.register(info)
+    scene = load_scene(_scene(d, "test-missing", box, {"AU12": {"keys": [{"frame": 0, "value": 1}]}}))
+    with pytest.raises(KeyfaceError, match="weights not found"):
+        render_scene(scene, tmp_path / "o2")
+    assert not list((tmp_path / "o2").glob("*.png"))
+
+
+def test_cli_pose(random_model, character, tmp_path, capsys):
+    d, img, box = character
+    out = tmp_path / "pose.png"
+    args = ["pose", str(d / "character.png"), "--model", random_model, "--set", "AU12=3", "--box",
+            ",".join(map(str, box)), "--out", str(out)]
+    assert main(args) == 0 and read_image(out).shape == img.shape
+    assert main(args[:-1] + [str(tmp_path / "p2.png")] + ["--set", "AU99=1"]) == 2
+    assert "AU99" in capsys.readouterr().err and not (tmp_path / "p2.png").exists()
+    assert main(args[:5] + ["AU12=9"] + args[6:-1] + [str(tmp_path / "p3.png")]) == 2  # out of range
+    assert not (tmp_path / "p3.png").exists()
+
+
+needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped ATW weights not present")
+
+
+@needs_weights
+def test_shipped_model_blink_changes_the_eyes():
+    pr = PairRenderer(sample_character(123457), (512, 512))
+    rest = pr.sample({})
+    img = np.clip(np.rint(rest.rest * 255), 0, 255).astype(np.uint8)
+    job = FrameJob.prepare(img, "atw-au17", rest.rest_face_box)
+    schema = job.schema
+    values = np.zeros((1, len(schema)))
+    values[0, schema.index("AU45")] = 5
+    frame = job.frames(values)[0]
+    diff = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
+    eyes = Renderer(sample_character(123457), (512, 512)).render({}, gt=True).masks[0] > 0.2
+    grown = __import__("cv2").dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert diff.sum() > 50
+    assert (diff & grown).sum() > 0.6 * diff.sum()
+
+
+@needs_weights
+def test_bundled_example_renders(tmp_path):
+    scene = load_scene(EXAMPLE / "scene.json")
+    assert scene.model == "atw-au17" and len(scene.frames) == 48
+    written = render_scene(scene, tmp_path, frames=[0, 4])
+    src = read_image(EXAMPLE / "character.png")
+    assert np.array_equal(read_image(written[0]), src)  # frame 0 is neutral
+    assert not np.array_equal(read_image(written[1]), src)  # frame 4: eyes closed
+    shutil.rmtree(tmp_path)

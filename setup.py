@@ -58,6 +58,7 @@ setup(
         "PyQt5>=5.15",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "openexr>=3.3",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "setuptools>=64"],

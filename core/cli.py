@@ -262,6 +262,14 @@ def cmd_pose(args, out) -> int:
     return 0
 
 
+def cmd_edit(args, out) -> int:
+    try:
+        from keyface.ui.app import main as editor
+    except ImportError as exc:
+        raise KeyfaceError(f"the editor needs PyQt5: {exc}") from None
+    return editor(args.path, device=args.device)
+
+
 def cmd_train_atw(args, out) -> int:
     from tqdm import tqdm
 
@@ -374,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("scene", metavar="SCENE.json")
     rr.add_argument("--out", help="output folder (default: the scene's output.directory)")
     rr.add_argument("--frames", type=_frames_arg, metavar="FIRST:LAST", help="inclusive (default: the scene's range)")
-    rr.add_argument("--format", choices=("png", "tiff"), help="default: the scene's output.format")
+    rr.add_argument("--format", choices=("png", "tiff", "exr"),
+                    help="default: the scene's output.format (EXR: linear, premultiplied, half float)")
     rr.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     rr.add_argument("--resume", action="store_true", help="keep frames already written, render the rest")
     rr.add_argument("--batch", type=_positive_int, default=4, help="frames per generator batch")
@@ -391,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     po.add_argument("--out", required=True, help="output image (.png or .tiff), written atomically")
     po.set_defaults(run=cmd_pose)
+
+    ed = sub.add_parser("edit", help="the desktop editor (canvas, parameters, keyframe timeline, preview, render)")
+    ed.add_argument("path", nargs="?", metavar="IMAGE|SCENE", help="an image or a scene to open")
+    ed.add_argument("--device", default="cpu", help="cpu, cuda or auto (previews and renders)")
+    ed.set_defaults(run=cmd_edit)
 
     t = sub.add_parser("train", help="train a generator")
     tsub = t.add_subparsers(dest="train_command", required=True, metavar="METHOD")

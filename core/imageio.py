@@ -1,4 +1,8 @@
-"""Reading and writing images: RGB(A), 8/16-bit PNG and TIFF, float TIFF; writes are atomic."""
+"""Reading and writing images: RGB(A), 8/16-bit PNG and TIFF, float TIFF, OpenEXR; writes are atomic.
+
+OpenEXR output follows the compositing convention: linear light (the sRGB transfer function is removed) and
+premultiplied alpha, half (16-bit) or full (32-bit) float, ZIP compression.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +35,50 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def write_image(path: str | Path, img: np.ndarray) -> None:
-    """Write RGB(A) to PNG/TIFF (by extension) atomically; the depth is kept where the format allows it."""
+def srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def write_exr(path: Path, img: np.ndarray, bits: int = 16) -> None:
+    """Linear, premultiplied RGB(A) OpenEXR (half or float), written atomically."""
+    import os
+    import tempfile
+
+    import OpenEXR
+
+    if bits not in (16, 32):
+        raise KeyfaceError("EXR holds 16-bit (half) or 32-bit float")
+    scale = 1.0 if np.issubdtype(img.dtype, np.floating) else float(np.iinfo(img.dtype).max)
+    v = img.astype(np.float64) / scale
+    out = srgb_to_linear(np.clip(v[..., :3], 0, None))
+    if img.shape[2] == 4:
+        out = np.concatenate([out * v[..., 3:], v[..., 3:]], axis=2)
+    out = out.astype(np.float16 if bits == 16 else np.float32)
+    if not path.parent.is_dir():
+        raise KeyfaceError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".exr", dir=path.parent)
+    os.close(fd)
+    try:
+        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+        with OpenEXR.File(header, {"RGBA" if out.shape[2] == 4 else "RGB": out}) as f:
+            f.write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_image(path: str | Path, img: np.ndarray, exr_bits: int = 16) -> None:
+    """Write RGB(A) to PNG/TIFF/EXR (by extension) atomically; the depth is kept where the format allows it."""
     path = Path(path)
     ext = path.suffix.lower()
+    if ext == ".exr":
+        write_exr(path, img, exr_bits)
+        return
     if ext not in (".png", ".tif", ".tiff"):
-        raise KeyfaceError(f"cannot write {path}: use .png, .tif or .tiff")
+        raise KeyfaceError(f"cannot write {path}: use .png, .tif, .tiff or .exr")
     if ext == ".png" and img.dtype not in (np.uint8, np.uint16):
         raise KeyfaceError("PNG holds 8- or 16-bit images; write float results as .tiff")
     code = cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR

@@ -21,7 +21,7 @@ from .models import get_model
 from .reswarp import Box, Lifter, ResWarpError
 from .rig import convert, get_schema
 
-EXTENSIONS = {"png": ".png", "tiff": ".tif"}
+EXTENSIONS = {"png": ".png", "tiff": ".tif", "exr": ".exr"}
 
 
 def frame_name(frame: int, fmt: str) -> str:
@@ -38,9 +38,9 @@ class FrameJob:
     lifter: Lifter
 
     @classmethod
-    def prepare(cls, source: np.ndarray, model_id: str, box=None, device: str = "cpu", mode: str = "multiscale"):
-        info = get_model(model_id)
-        runtime = info.load(device)
+    def prepare(cls, source: np.ndarray, model, box=None, device: str = "cpu", mode: str = "multiscale"):
+        """``model``: a registered model id, or an already loaded runtime (grid, schema, __call__)."""
+        runtime = get_model(model).load(device) if isinstance(model, str) else model
         h, w = source.shape[:2]
         if box is None:
             from .facebox import detect_face_box
@@ -137,7 +137,10 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
             if scene.output.size and tuple(scene.output.size) != (img.shape[1], img.shape[0]):
                 img = cv2.resize(img, tuple(scene.output.size), interpolation=cv2.INTER_AREA)
             path = out / frame_name(f, fmt)
-            write_image(path, _convert_depth(img, scene.output.bit_depth))
+            if fmt == "exr":  # linear half/float, premultiplied (bit_depth 16 or 32)
+                write_image(path, img, exr_bits=scene.output.bit_depth if scene.output.bit_depth in (16, 32) else 16)
+            else:
+                write_image(path, _convert_depth(img, scene.output.bit_depth))
             written.append(path)
             if progress:
                 progress(len(frames) - len(todo) + len(written), len(frames))

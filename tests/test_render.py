@@ -2,6 +2,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -128,7 +129,7 @@ def test_shipped_model_blink_changes_the_eyes():
     frame = job.frames(values)[0]
     diff = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
     eyes = Renderer(sample_character(123457), (512, 512)).render({}, gt=True).masks[0] > 0.2
-    grown = __import__("cv2").dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    grown = cv2.dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     assert diff.sum() > 50
     assert (diff & grown).sum() > 0.6 * diff.sum()
 
@@ -142,3 +143,20 @@ def test_bundled_example_renders(tmp_path):
     assert np.array_equal(read_image(written[0]), src)  # frame 0 is neutral
     assert not np.array_equal(read_image(written[1]), src)  # frame 4: eyes closed
     shutil.rmtree(tmp_path)
+
+
+def test_exr_output_is_linear_premultiplied(tmp_path):
+    import OpenEXR
+
+    img = np.zeros((4, 6, 4), np.uint8)
+    img[..., :3] = 188  # sRGB 188/255 ≈ 0.5 linear
+    img[..., 3] = 255
+    img[0, 0, 3] = 0
+    write_image(tmp_path / "f.exr", img)
+    with OpenEXR.File(str(tmp_path / "f.exr")) as f:
+        px = f.channels()["RGBA"].pixels
+    assert px.dtype == np.float16 and px.shape == (4, 6, 4)
+    assert abs(float(px[1, 1, 0]) - 0.5029) < 2e-3 and float(px[1, 1, 3]) == 1.0
+    assert float(px[0, 0, 0]) == 0.0 and float(px[0, 0, 3]) == 0.0  # premultiplied: transparent is black
+    with pytest.raises(KeyfaceError, match="16-bit"):
+        write_image(tmp_path / "g.exr", img, exr_bits=8)

@@ -89,13 +89,18 @@ def character_seeds(cfg: SynthConfig) -> dict[str, list[int]]:
     return {"test": seeds[:n_test], "train": seeds[n_test:]}
 
 
+def to_u8(a: np.ndarray) -> np.ndarray:
+    """[0, 1] float → uint8 (rounded)."""
+    return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+
+
 def render_character(seed: int, cfg_dict: dict) -> dict[str, np.ndarray]:
     """All poses of one character as shard arrays (runs in a worker process)."""
     cfg = SynthConfig(**cfg_dict)
     pr = PairRenderer(sample_character(seed), (cfg.size, cfg.size), FRAMINGS[cfg.framing])
     rng = np.random.default_rng([cfg.seed, seed, 0xB05E])
     samples = [pr.sample(cfg.pose(rng)) for _ in range(cfg.poses_per_character)]
-    u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    u8 = to_u8
     out = {
         "char_seed": np.array([s.char_seed for s in samples], np.int64),
         "values": np.stack([s.values for s in samples]),
@@ -247,7 +252,7 @@ class OnTheFlyDataset(_torch_dataset_base()):
             self._renderers = {cs: PairRenderer(sample_character(cs), (self.size, self.size))}
         rng = np.random.default_rng([self.seed, cs, i % self.poses, 0xF1])
         s = self._renderers[cs].sample(sample_pose(rng))
-        u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
+        u8 = to_u8
         item = {"char_seed": np.int64(s.char_seed), "values": s.values, "rest": u8(s.rest), "posed": u8(s.posed),
                 "flow": s.flow, "visible": s.visible, "masks": u8(s.masks), "face_box": np.array(s.face_box, np.int32),
                 "rest_face_box": np.array(s.rest_face_box, np.int32), "vertices_rest": s.vertices_rest,

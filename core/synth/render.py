@@ -234,7 +234,7 @@ def _bangs(char):
         slope = (fringe(xr + eps) - fringe(xr - eps)) / (2 * eps)
         d = np.maximum(d_cap, (yr - yb) / np.sqrt(1 + slope ** 2))
         side = (np.abs(xr) > 0.7) & (yr > -0.2)
-        d = np.where(side, np.maximum(d_cap, (np.abs(xr) - 0.68 - 0.05 * yr) * -1 + 0.0), d)
+        d = np.where(side, np.maximum(d_cap, 0.68 + 0.05 * yr - np.abs(xr)), d)  # temples: hair outside the face
         if st["ahoge"]:
             d = np.minimum(d, np.maximum(ellipse_d(xr, yr, 0.15, -1.2, 0.09, 0.3), -ellipse_d(xr, yr, 0.28, -1.25,
                                                                                           0.09, 0.3)))
@@ -416,9 +416,9 @@ def _upper_lid(char, side):
         cov = stroke(d, thick, ctx.ps) * area((np.abs(u) - 1.12) * e0["w"], ctx.ps)
         # lashes: a few flicks at the outer corner
         flick = np.maximum(0, 1 - np.abs((u - 1.05) / 0.12)) * area(-(v - up + 0.04 + 0.08 * (u - 0.9)), ctx.ps)
-        flick = flick * area(-(v - up) - 0.0, ctx.ps) * st["lashes"]
+        flick = flick * area(up - v, ctx.ps) * st["lashes"]
         shadow = stroke(d - thick * 0.5 - 0.025, 0.05, ctx.ps) * area((np.abs(u) - 1) * e0["w"], ctx.ps) * 0.25
-        shadow = shadow * area(_eye_opening(ctx, xl, yl, side) + 0.0, ctx.ps)
+        shadow = shadow * area(_eye_opening(ctx, xl, yl, side), ctx.ps)
         cov = np.maximum(cov, np.clip(flick, 0, 1))
         rgb = np.broadcast_to(char.colors["line"] * 0.8, xr.shape + (3,))
         a = np.maximum(cov, shadow)

@@ -1,0 +1,453 @@
+"""The keyface editor window: canvas, model picker, parameter panel, dope sheet + curve view, transport, render
+dialog. Errors are shown in the window (status bar / message boxes), never as a crash."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtWidgets import (
+    QAction,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from keyface.core.errors import KeyfaceError
+from keyface.core.models import available_models
+
+from .canvas import Canvas, to_qimage
+from .document import EditorDocument
+from .params import ParameterPanel
+from .timeline_view import CurveView, DopeSheet
+from .workers import PreviewEngine, RenderWorker
+
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff)"
+SCENE_FILTER = "keyface scenes (*.json)"
+
+
+class RenderDialog(QDialog):
+    """Folder, format, range; progress bar and cancel; renders through :func:`keyface.core.pipeline.render_scene`."""
+
+    def __init__(self, doc: EditorDocument, device: str = "cpu", parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Render")
+        self.doc, self.device, self.worker = doc, device, None
+        form = QFormLayout(self)
+        default = (doc.scene_path.parent if doc.scene_path else doc.source_path.parent) / "frames"
+        self.folder = QLineEdit(str(default))
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.folder)
+        row.addWidget(browse)
+        form.addRow("Folder", row)
+        self.format = QComboBox()
+        self.format.addItems(["png", "tiff", "exr"])
+        self.format.setCurrentText(doc.output.format if doc.output.format in ("png", "tiff", "exr") else "png")
+        form.addRow("Format", self.format)
+        self.first, self.last = QSpinBox(), QSpinBox()
+        for s, v in ((self.first, doc.frame_range[0]), (self.last, doc.frame_range[1])):
+            s.setRange(doc.frame_range[0], doc.frame_range[1])
+            s.setValue(v)
+        rr = QHBoxLayout()
+        rr.addWidget(self.first)
+        rr.addWidget(QLabel("to"))
+        rr.addWidget(self.last)
+        form.addRow("Frames", rr)
+        self.bar = QProgressBar()
+        form.addRow(self.bar)
+        self.status = QLabel("")
+        form.addRow(self.status)
+        self.buttons = QDialogButtonBox()
+        self.start_button = self.buttons.addButton("Render", QDialogButtonBox.AcceptRole)
+        self.cancel_button = self.buttons.addButton(QDialogButtonBox.Cancel)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        form.addRow(self.buttons)
+
+    def _browse(self):
+        d = QFileDialog.getExistingDirectory(self, "Render into", self.folder.text())
+        if d:
+            self.folder.setText(d)
+
+    def start(self):
+        try:
+            scene = self.doc.to_scene()
+            out = Path(self.folder.text())
+            out.mkdir(parents=True, exist_ok=True)
+        except (KeyfaceError, OSError) as exc:
+            self.status.setText(str(exc))
+            return
+        if self.last.value() < self.first.value():
+            self.status.setText("the last frame is before the first")
+            return
+        frames = range(self.first.value(), self.last.value() + 1)
+        self.worker = RenderWorker(scene, out, frames, self.format.currentText(), self.device, self)
+        self.worker.progress.connect(self._progress)
+        self.worker.finished.connect(self._finished)
+        self.worker.failed.connect(self._failed)
+        self.start_button.setEnabled(False)
+        self.status.setText("rendering…")
+        self.worker.start()
+
+    def _progress(self, done, total):
+        self.bar.setMaximum(max(1, total))
+        self.bar.setValue(done)
+
+    def _finished(self, n):
+        self.status.setText(f"done: {n} frames written" if self.bar.value() >= self.bar.maximum()
+                            else f"cancelled after {n} frames (rendering again resumes)")
+        self.start_button.setEnabled(True)
+        self.worker = None
+
+    def _failed(self, msg):
+        self.status.setText(msg)
+        self.start_button.setEnabled(True)
+        self.worker = None
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.cancel()
+            self.status.setText("cancelling…")
+        else:
+            self.reject()
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        self.setWindowTitle("keyface")
+        self.resize(1400, 900)
+        self.doc = EditorDocument(self)
+        self.device = device
+        self.preview = PreviewEngine(device, self)
+        self.last_preview = None
+        self.last_error = None
+        self.canvas = Canvas()
+        self.setCentralWidget(self.canvas)
+
+        self.models = QComboBox()
+        self.models.setObjectName("model_picker")
+        for m in available_models():
+            self.models.addItem(m.id)
+        self.models.currentTextChanged.connect(self._pick_model)
+        self.params = ParameterPanel()
+        side = QWidget()
+        lay = QVBoxLayout(side)
+        lay.addWidget(QLabel("Model"))
+        lay.addWidget(self.models)
+        lay.addWidget(self.params)
+        dock = QDockWidget("Parameters", self)
+        dock.setObjectName("parameters_dock")
+        dock.setWidget(side)
+        side.setMinimumWidth(420)
+        self.addDockWidget(Qt.RightDockWidgetArea, dock)
+
+        self.dope = DopeSheet(self.doc)
+        self.curve = CurveView(self.doc)
+        self.frame_spin = QSpinBox()
+        self.play_button = QPushButton("▶")
+        self.play_button.setCheckable(True)
+        transport = QHBoxLayout()
+        for w in (QLabel("Frame"), self.frame_spin, self.play_button):
+            transport.addWidget(w)
+        transport.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.dope)
+        split = QSplitter(Qt.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(self.curve)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([800, 500])
+        tl = QWidget()
+        tlay = QVBoxLayout(tl)
+        tlay.addLayout(transport)
+        tlay.addWidget(split)
+        tdock = QDockWidget("Timeline", self)
+        tdock.setObjectName("timeline_dock")
+        tdock.setWidget(tl)
+        tl.setMinimumHeight(280)
+        self.addDockWidget(Qt.BottomDockWidgetArea, tdock)
+
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self._tick)
+        self._menus()
+        self._connect()
+        self.params.set_schema(self.doc.schema)
+        self._sync_frame_spin()
+        if sys.excepthook is sys.__excepthook__:  # PyQt5 aborts on an uncaught error in a slot: show it instead
+            sys.excepthook = self._uncaught
+
+    def _uncaught(self, kind, value, tb):
+        traceback.print_exception(kind, value, tb)
+        self.show_error(f"internal error: {value!r} (details on the console)")
+
+    # setup ---------------------------------------------------------------------------------------------------------
+    def _menus(self):
+        m = self.menuBar().addMenu("&File")
+        for text, slot, key in (("&Open image…", self.open_image_dialog, "Ctrl+O"),
+                                ("Open &scene…", self.open_scene_dialog, "Ctrl+Shift+O"),
+                                ("&Save scene", self.save, "Ctrl+S"), ("Save scene &as…", self.save_as, "Ctrl+Shift+S"),
+                                ("&Render…", self.render_dialog, "Ctrl+R"), ("&Quit", self.close, "Ctrl+Q")):
+            a = QAction(text, self)
+            a.setShortcut(key)
+            a.triggered.connect(slot)
+            m.addAction(a)
+        v = self.menuBar().addMenu("&View")
+        for text, slot, key in (("&Full-resolution frame", self.full_frame, "Ctrl+F"),
+                                ("Fit &image", self.canvas.fit, "Ctrl+0")):
+            a = QAction(text, self)
+            a.setShortcut(key)
+            a.triggered.connect(slot)
+            v.addAction(a)
+        t = self.menuBar().addMenu("&Timeline")
+        for text, slot, key in (("Play / pause", self.toggle_play, "Space"),
+                                ("Next frame", lambda: self.step(1), "Right"),
+                                ("Previous frame", lambda: self.step(-1), "Left"),
+                                ("First frame", lambda: self.doc.set_frame(self.doc.frame_range[0]), "Home"),
+                                ("Last frame", lambda: self.doc.set_frame(self.doc.frame_range[1]), "End"),
+                                ("Next key", lambda: self.jump_key(1), "Up"),
+                                ("Previous key", lambda: self.jump_key(-1), "Down")):
+            a = QAction(text, self)
+            a.setShortcut(key)
+            a.triggered.connect(slot)
+            t.addAction(a)
+
+    def _connect(self):
+        d = self.doc
+        d.imageChanged.connect(lambda: self.canvas.set_image(d.image))
+        d.boxChanged.connect(lambda: self.canvas.set_box(d.face_box))
+        d.changed.connect(self._doc_changed)
+        d.frameChanged.connect(self._frame_changed)
+        self.canvas.boxEdited.connect(d.set_face_box)
+        self.params.valueEdited.connect(self._value_edited)
+        self.params.resetRequested.connect(d.reset_channel)
+        self.params.resetAllRequested.connect(d.reset_all)
+        self.dope.channelActivated.connect(self.curve.set_channel)
+        self.dope.error.connect(self.show_error)
+        self.curve.error.connect(self.show_error)
+        self.frame_spin.valueChanged.connect(d.set_frame)
+        self.play_button.toggled.connect(self._play)
+        self.preview.ready.connect(self._preview_ready)
+        self.preview.fullReady.connect(self._full_ready)
+        self.preview.failed.connect(self.show_error)
+
+    # document events -----------------------------------------------------------------------------------------------
+    def _doc_changed(self):
+        if self.params.schema is not self.doc.schema:
+            self.params.set_schema(self.doc.schema)
+        self._sync_frame_spin()
+        self.params.show_values(self.doc.values_at())
+        self._title()
+        self.request_preview()
+
+    def _frame_changed(self, frame):
+        self.frame_spin.blockSignals(True)
+        self.frame_spin.setValue(frame)
+        self.frame_spin.blockSignals(False)
+        self.params.show_values(self.doc.values_at())
+        self.request_preview()
+
+    def _sync_frame_spin(self):
+        self.frame_spin.blockSignals(True)
+        self.frame_spin.setRange(*self.doc.frame_range)
+        self.frame_spin.setValue(self.doc.frame)
+        self.frame_spin.blockSignals(False)
+
+    def _title(self):
+        name = (self.doc.scene_path or self.doc.source_path or Path("untitled")).name
+        self.setWindowTitle(f"keyface — {name}{' *' if self.doc.dirty else ''}")
+
+    def _value_edited(self, channel, value):
+        try:
+            self.doc.set_value(channel, value)
+        except KeyfaceError as exc:
+            self.show_error(str(exc))
+
+    def _pick_model(self, model_id):
+        if model_id and model_id != self.doc.model_id:
+            try:
+                self.doc.set_model(model_id)
+            except KeyfaceError as exc:
+                self.show_error(str(exc))
+
+    # preview -------------------------------------------------------------------------------------------------------
+    def request_preview(self, full: bool = False):
+        d = self.doc
+        if d.image is None:
+            return
+        if d.face_box is None:
+            self._propose_box()
+        self.preview.request(d.image, d.model_id, d.face_box, d.frame, d.values_at(), full=full)
+
+    def _propose_box(self):
+        from keyface.core.facebox import detect_face_box
+
+        try:
+            b = detect_face_box(self.doc.image)
+        except KeyfaceError as exc:
+            self.statusBar().showMessage(f"{exc} — draw the box: it is the square the generator sees", 8000)
+            h, w = self.doc.image.shape[:2]
+            side = min(h, w) // 3
+            b = ((w - side) // 2, (h - side) // 4, side, side)
+            self.doc.face_box = tuple(b)
+            self.canvas.set_box(self.doc.face_box)
+            return
+        self.doc.face_box = (b.x, b.y, b.w, b.h)
+        self.canvas.set_box(self.doc.face_box)
+
+    def _preview_ready(self, frame, img):
+        if frame == self.doc.frame:
+            self.last_preview = (frame, img)
+            self.canvas.show_preview(img, self.doc.face_box)
+
+    def full_frame(self):
+        self.request_preview(full=True)
+        self.statusBar().showMessage("computing the full-resolution frame…", 3000)
+
+    def _full_ready(self, frame, img):
+        dlg = QDialog(self)
+        dlg.setWindowTitle(f"Frame {frame} at full resolution ({img.shape[1]}×{img.shape[0]})")
+        lab = QLabel()
+        from PyQt5.QtGui import QPixmap
+
+        lab.setPixmap(QPixmap.fromImage(to_qimage(img)))
+        sc = QScrollArea()
+        sc.setWidget(lab)
+        QVBoxLayout(dlg).addWidget(sc)
+        dlg.resize(1000, 800)
+        self.full_dialog = dlg
+        dlg.show()
+
+    # transport -----------------------------------------------------------------------------------------------------
+    def toggle_play(self):
+        self.play_button.toggle()
+
+    def _play(self, on):
+        if on:
+            self.timer.start(int(1000 / max(1e-3, self.doc.fps)))
+        else:
+            self.timer.stop()
+        self.play_button.setText("⏸" if on else "▶")
+
+    def _tick(self):
+        first, last = self.doc.frame_range
+        self.doc.set_frame(first if self.doc.frame >= last else self.doc.frame + 1)
+
+    def step(self, n):
+        self.doc.set_frame(self.doc.frame + n)
+
+    def jump_key(self, direction):
+        frames = self.doc.timeline.key_frames()
+        nxt = [f for f in frames if (f - self.doc.frame) * direction > 0]
+        if nxt:
+            self.doc.set_frame(min(nxt) if direction > 0 else max(nxt))
+
+    # files ---------------------------------------------------------------------------------------------------------
+    def open_path(self, path) -> bool:
+        path = Path(path)
+        if not self.maybe_save():
+            return False
+        try:
+            if path.suffix.lower() == ".json":
+                self.doc.open_scene(path)
+            else:
+                self.doc.open_image(path)
+        except KeyfaceError as exc:
+            self.show_error(str(exc), dialog=True)
+            return False
+        if self.doc.model_id:
+            self.models.blockSignals(True)
+            self.models.setCurrentText(self.doc.model_id)
+            self.models.blockSignals(False)
+        self.canvas.set_box(self.doc.face_box)
+        self._doc_changed()
+        return True
+
+    def open_image_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", "", IMAGE_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_scene_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open scene", "", SCENE_FILTER)
+        if path:
+            self.open_path(path)
+
+    def save(self) -> bool:
+        if self.doc.scene_path is None:
+            return self.save_as()
+        return self._save_to(self.doc.scene_path)
+
+    def save_as(self) -> bool:
+        start = str((self.doc.source_path or Path("scene")).with_suffix(".json"))
+        path, _ = QFileDialog.getSaveFileName(self, "Save scene", start, SCENE_FILTER)
+        return self._save_to(Path(path)) if path else False
+
+    def _save_to(self, path) -> bool:
+        try:
+            self.doc.save(path)
+        except (KeyfaceError, OSError) as exc:
+            self.show_error(str(exc), dialog=True)
+            return False
+        self._title()
+        self.statusBar().showMessage(f"saved {path}", 3000)
+        return True
+
+    def maybe_save(self) -> bool:
+        """Unsaved-changes prompt; False when the user cancels."""
+        if not self.doc.dirty:
+            return True
+        answer = QMessageBox.question(self, "keyface", "Save the changes to this scene?",
+                                      QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel)
+        if answer == QMessageBox.Save:
+            return self.save()
+        return answer == QMessageBox.Discard
+
+    def render_dialog(self):
+        if self.doc.image is None or self.doc.model_id is None:
+            self.show_error("open an image and pick a model first", dialog=True)
+            return
+        if self.doc.face_box is None:
+            self._propose_box()
+        self.render_window = RenderDialog(self.doc, self.device, self)
+        self.render_window.show()
+
+    def show_error(self, msg, dialog: bool = False):
+        """Status bar, and for errors that stop an action a message box (window-modal, never blocking the loop)."""
+        self.statusBar().showMessage(msg, 10000)
+        self.last_error = msg
+        if dialog:
+            box = QMessageBox(QMessageBox.Warning, "keyface", msg, QMessageBox.Ok, self)
+            box.open()
+            self.error_box = box
+
+    def closeEvent(self, e):
+        if self.maybe_save():
+            self.timer.stop()
+            self.preview.close()
+            if sys.excepthook == self._uncaught:
+                sys.excepthook = sys.__excepthook__
+            e.accept()
+        else:
+            e.ignore()

@@ -1,0 +1,115 @@
+"""Work off the UI thread: generator previews (latest request wins, results cached per frame and values) and renders
+(progress, cancel). Signals are emitted from a worker thread and delivered queued to the UI thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from PyQt5.QtCore import QObject, pyqtSignal
+
+from keyface.core.errors import KeyfaceError
+
+
+class PreviewEngine(QObject):
+    ready = pyqtSignal(int, object)       # frame, low-res result (h, w, C) float [0, 1]
+    fullReady = pyqtSignal(int, object)   # frame, full-resolution frame (source depth)
+    failed = pyqtSignal(str)
+
+    def __init__(self, device: str = "cpu", parent=None):
+        super().__init__(parent)
+        self.device = device
+        self.cache: dict = {}
+        self._job = None
+        self._job_key = None
+        self._pending = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="keyface-preview", daemon=True)
+        self._thread.start()
+
+    def request(self, image, model_id, box, frame: int, values, full: bool = False) -> None:
+        """Ask for the preview of ``frame`` (cached results are returned at once)."""
+        if image is None or model_id is None or box is None:
+            return
+        key = (id(image), model_id, tuple(box), np.asarray(values, np.float32).round(4).tobytes())
+        if not full and key in self.cache:
+            self.ready.emit(frame, self.cache[key])
+            return
+        with self._cond:
+            self._pending = (image, model_id, tuple(box), frame, np.asarray(values, np.float32), key, full)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from keyface.core.pipeline import FrameJob
+
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                image, model_id, box, frame, values, key, full = self._pending
+                self._pending = None
+            try:
+                job_key = (id(image), model_id, box)
+                if job_key != self._job_key:
+                    self._job = FrameJob.prepare(image, model_id, box, self.device)
+                    self._job_key = job_key
+                if full:
+                    self.fullReady.emit(frame, self._job.frames(values[None])[0])
+                    continue
+                low, _ = self._job.low_results(values[None])
+                result = low[0]
+                if np.issubdtype(result.dtype, np.integer):
+                    result = result.astype(np.float32) / np.iinfo(result.dtype).max
+                if len(self.cache) > 256:
+                    self.cache.clear()
+                self.cache[key] = result
+                self.ready.emit(frame, result)
+            except KeyfaceError as exc:
+                self.failed.emit(str(exc))
+            except Exception as exc:  # a preview must never take the editor down
+                self.failed.emit(f"preview failed: {exc}")
+
+
+class RenderWorker(QObject):
+    progress = pyqtSignal(int, int)
+    finished = pyqtSignal(int)     # frames written
+    failed = pyqtSignal(str)
+
+    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None):
+        super().__init__(parent)
+        self.args = (scene, out_dir, frames, fmt, device)
+        self._cancel = threading.Event()
+        self._thread = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="keyface-render", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout=None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from keyface.core.pipeline import render_scene
+
+        scene, out_dir, frames, fmt, device = self.args
+        try:
+            written = render_scene(scene, out_dir, frames=frames, fmt=fmt, device=device, resume=True, batch=2,
+                                   progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set)
+            self.finished.emit(len(written))
+        except KeyfaceError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:
+            self.failed.emit(f"render failed: {exc}")

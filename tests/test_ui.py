@@ -172,3 +172,57 @@ def test_render_dialog_renders_and_cancels(app, window, tmp_path):
     assert _wait(app, lambda: dlg.worker is None, 120)
     written = len(list((tmp_path / "more").glob("*.png")))
     assert written < 48 and "cancelled" in dlg.status.text()
+
+
+def test_parameter_panel_links_left_and_right(app):
+    from keyface.core.rig import get_schema
+    from keyface.ui.params import ParameterPanel, partner
+
+    schema = get_schema("character")
+    assert partner(schema, "blink_left") == "blink_right" and partner(schema, "mouth_open") is None
+    panel = ParameterPanel()
+    panel.set_schema(schema)
+    got = []
+    panel.valueEdited.connect(lambda n, v: got.append((n, v)))
+    panel.rows["blink_left"].spin.setValue(0.7)
+    assert ("blink_left", 0.7) in got and ("blink_right", 0.7) in got
+    assert panel.rows["blink_right"].spin.value() == pytest.approx(0.7)
+    panel.links["eyes"].setChecked(False)
+    got.clear()
+    panel.rows["blink_left"].spin.setValue(0.2)
+    assert got == [("blink_left", pytest.approx(0.2))]
+
+
+def test_full_resolution_view_and_unsaved_prompt(app, window, monkeypatch):
+    window.doc.set_frame(4)
+    window.full_frame()
+    assert _wait(app, lambda: getattr(window, "full_dialog", None) is not None, 60)
+    assert f"{window.doc.image.shape[1]}×{window.doc.image.shape[0]}" in window.full_dialog.windowTitle()
+    window.full_dialog.close()
+    window.params.rows["AU09"].spin.setValue(1.0)
+    assert window.doc.dirty
+    monkeypatch.setattr(QtWidgets.QMessageBox, "question", lambda *a, **k: QtWidgets.QMessageBox.Cancel)
+    assert not window.maybe_save()  # cancel keeps the window and the changes
+    monkeypatch.setattr(QtWidgets.QMessageBox, "question", lambda *a, **k: QtWidgets.QMessageBox.Discard)
+    assert window.maybe_save()
+
+
+def test_face_box_drag_moves_the_box(app, window):
+    view = window.canvas
+    view.resize(800, 600)
+    view.fit()
+    before = window.doc.face_box
+    item = view.box_item
+    r = item.rect()
+    start = view.mapFromScene(r.center())
+    end = view.mapFromScene(r.center().x() + 100, r.center().y() + 50)
+    from PyQt5.QtCore import QEvent
+    from PyQt5.QtGui import QMouseEvent
+
+    QTest.mousePress(view.viewport(), Qt.LeftButton, Qt.NoModifier, start)
+    move = QMouseEvent(QEvent.MouseMove, end, Qt.NoButton, Qt.LeftButton, Qt.NoModifier)  # a drag: button held
+    QtWidgets.QApplication.sendEvent(view.viewport(), move)
+    QTest.mouseRelease(view.viewport(), Qt.LeftButton, Qt.NoModifier, end)
+    after = window.doc.face_box
+    assert after != before and after[2] == before[2]  # moved, same size
+    assert abs((after[0] - before[0]) - 100) < 15 and abs((after[1] - before[1]) - 50) < 15

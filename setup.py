@@ -54,7 +54,7 @@ setup(
         "scipy>=1.10",
         "pillow>=10",
         # The headless build: same OpenCV, without its bundled Qt, which would clash with PyQt5's plugins.
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=5.0,<6",  # resampling verified against OpenCV 5 (4.x differs)
         "PyQt5>=5.15",
         "safetensors>=0.4",
         "tqdm>=4.60",

@@ -277,7 +277,7 @@ def cmd_train_atw(args, out) -> int:
     from .methods.atw.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
-                      eval_every=args.eval_every, model=ATWConfig(base=args.base))
+                      lr=args.lr, eval_every=args.eval_every, model=ATWConfig(base=args.base))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
     bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", desc="atw", disable=args.quiet)
@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--mode", choices=("supervised", "gan", "both"), default="supervised",
                     help="supervised (paired corpus), gan (the paper's five losses), or both")
     ta.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer")
+    ta.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
     ta.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
     ta.add_argument("--seed", type=int, default=0)
     ta.add_argument("--device", default="auto", help="auto, cpu or cuda")

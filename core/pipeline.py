@@ -36,6 +36,7 @@ class FrameJob:
     box: Box
     runtime: object
     lifter: Lifter
+    _rest: tuple | None = None
 
     @classmethod
     def prepare(cls, source: np.ndarray, model, box=None, device: str = "cpu", mode: str = "multiscale"):
@@ -64,11 +65,11 @@ class FrameJob:
         low = self.lifter.low_input()
         if low.shape[2] == 3:
             low = np.concatenate([low, np.ones(low.shape[:2] + (1,), np.float32)], axis=2)
-        batch = len(values)
-        rest = np.zeros((1, values.shape[1]), np.float32)
-        out, flow = self.runtime(np.repeat(low[None], batch + 1, axis=0), np.concatenate([rest, values]))
-        result = np.clip(low[None] + (out[1:] - out[:1]), 0, 1)
-        flows = flow[1:] - flow[:1]
+        if self._rest is None:  # the generator at the rest pose: computed once per job
+            self._rest = self.runtime(low[None], np.zeros((1, values.shape[1]), np.float32))
+        out, flow = self.runtime(np.repeat(low[None], len(values), axis=0), values)
+        result = np.clip(low[None] + (out - self._rest[0]), 0, 1)
+        flows = flow - self._rest[1]
         rest_frames = (values == 0).all(axis=1)  # exactly the rest pose: exactly the source (no float noise)
         result[rest_frames] = low
         flows[rest_frames] = 0

@@ -49,11 +49,13 @@ def test_loss_terms():
     out = g(x, c_t)
     terms = generator_losses(g, x, c_s, c_t, out, w, target=x, flow_gt=torch.zeros(2, 2, 64, 64),
                              visible=torch.ones(2, 1, 64, 64), dr=dr, dw=dw)
-    assert set(terms) == {"ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg", "total"}
+    assert set(terms) == {"ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg", "img_changed", "flow_moving",
+                          "total"}
     refined, warped, flow = out
     assert terms["ref"].item() == pytest.approx((warped - refined).abs().mean().item())
     assert terms["flow"].item() == pytest.approx(flow.abs().mean().item(), rel=1e-5)
-    expected = sum(getattr(w, k) * terms[k] for k in ("ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg"))
+    expected = sum(getattr(w, k) * terms[k] for k in ("ref", "rec", "adv", "drv", "warp", "img", "flow", "wimg",
+                                                       "img_changed", "flow_moving"))
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     # masked terms ignore pixels marked invisible
     vis = torch.zeros(2, 1, 64, 64)

@@ -131,7 +131,7 @@ def test_shipped_model_blink_changes_the_eyes():
     eyes = Renderer(sample_character(123457), (512, 512)).render({}, gt=True).masks[0] > 0.2
     grown = cv2.dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     assert diff.sum() > 50
-    assert (diff & grown).sum() > 0.6 * diff.sum()
+    assert (diff & grown).sum() > 0.5 * diff.sum()  # "mostly": the majority of the changed pixels
 
 
 @needs_weights

@@ -90,6 +90,9 @@ def test_keys_through_the_widgets_scrub_and_values(app, window):
     assert 0 < v < 5
     assert window.params.rows["AU06"].spin.value() == pytest.approx(v, abs=0.01)
     assert window.frame_spin.value() == 20 and doc.dirty and window.windowTitle().endswith("*")
+    window.insert_keys()  # "I": key every keyed channel at the current frame, at its current value
+    assert doc.timeline.track("AU06").key_at(20).value == pytest.approx(v)
+    assert doc.timeline.track("AU12").key_at(20) is not None
 
 
 def test_dope_sheet_insert_move_delete_copy_paste(app, window):

@@ -226,6 +226,7 @@ class MainWindow(QMainWindow):
                                 ("Previous frame", lambda: self.step(-1), "Left"),
                                 ("First frame", lambda: self.doc.set_frame(self.doc.frame_range[0]), "Home"),
                                 ("Last frame", lambda: self.doc.set_frame(self.doc.frame_range[1]), "End"),
+                                ("Insert key (keyed channels)", self.insert_keys, "I"),
                                 ("Next key", lambda: self.jump_key(1), "Up"),
                                 ("Previous key", lambda: self.jump_key(-1), "Down")):
             a = QAction(text, self)
@@ -356,6 +357,13 @@ class MainWindow(QMainWindow):
 
     def step(self, n):
         self.doc.set_frame(self.doc.frame + n)
+
+    def insert_keys(self):
+        """Key the current frame on every channel that has keys (or the curve view's channel), at their values."""
+        channels = [c for c in self.doc.schema.names if self.doc.keys(c)] or (
+            [self.curve.channel] if self.curve.channel else [])
+        for c in channels:
+            self.doc.insert_key(c, self.doc.frame)
 
     def jump_key(self, direction):
         frames = self.doc.timeline.key_frames()

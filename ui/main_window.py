@@ -204,35 +204,28 @@ class MainWindow(QMainWindow):
 
     # setup ---------------------------------------------------------------------------------------------------------
     def _menus(self):
-        m = self.menuBar().addMenu("&File")
-        for text, slot, key in (("&Open image…", self.open_image_dialog, "Ctrl+O"),
-                                ("Open &scene…", self.open_scene_dialog, "Ctrl+Shift+O"),
-                                ("&Save scene", self.save, "Ctrl+S"), ("Save scene &as…", self.save_as, "Ctrl+Shift+S"),
-                                ("&Render…", self.render_dialog, "Ctrl+R"), ("&Quit", self.close, "Ctrl+Q")):
-            a = QAction(text, self)
-            a.setShortcut(key)
-            a.triggered.connect(slot)
-            m.addAction(a)
-        v = self.menuBar().addMenu("&View")
-        for text, slot, key in (("&Full-resolution frame", self.full_frame, "Ctrl+F"),
-                                ("Fit &image", self.canvas.fit, "Ctrl+0")):
-            a = QAction(text, self)
-            a.setShortcut(key)
-            a.triggered.connect(slot)
-            v.addAction(a)
-        t = self.menuBar().addMenu("&Timeline")
-        for text, slot, key in (("Play / pause", self.toggle_play, "Space"),
-                                ("Next frame", lambda: self.step(1), "Right"),
-                                ("Previous frame", lambda: self.step(-1), "Left"),
-                                ("First frame", lambda: self.doc.set_frame(self.doc.frame_range[0]), "Home"),
-                                ("Last frame", lambda: self.doc.set_frame(self.doc.frame_range[1]), "End"),
-                                ("Insert key (keyed channels)", self.insert_keys, "I"),
-                                ("Next key", lambda: self.jump_key(1), "Up"),
-                                ("Previous key", lambda: self.jump_key(-1), "Down")):
-            a = QAction(text, self)
-            a.setShortcut(key)
-            a.triggered.connect(slot)
-            t.addAction(a)
+        menus = {
+            "&File": (("&Open image…", self.open_image_dialog, "Ctrl+O"),
+                      ("Open &scene…", self.open_scene_dialog, "Ctrl+Shift+O"),
+                      ("&Save scene", self.save, "Ctrl+S"), ("Save scene &as…", self.save_as, "Ctrl+Shift+S"),
+                      ("&Render…", self.render_dialog, "Ctrl+R"), ("&Quit", self.close, "Ctrl+Q")),
+            "&View": (("&Full-resolution frame", self.full_frame, "Ctrl+F"), ("Fit &image", self.canvas.fit, "Ctrl+0")),
+            "&Timeline": (("Play / pause", self.toggle_play, "Space"),
+                          ("Next frame", lambda: self.step(1), "Right"),
+                          ("Previous frame", lambda: self.step(-1), "Left"),
+                          ("First frame", lambda: self.doc.set_frame(self.doc.frame_range[0]), "Home"),
+                          ("Last frame", lambda: self.doc.set_frame(self.doc.frame_range[1]), "End"),
+                          ("Insert key (keyed channels)", self.insert_keys, "I"),
+                          ("Next key", lambda: self.jump_key(1), "Up"),
+                          ("Previous key", lambda: self.jump_key(-1), "Down")),
+        }
+        for title, actions in menus.items():
+            menu = self.menuBar().addMenu(title)
+            for text, slot, key in actions:
+                a = QAction(text, self)
+                a.setShortcut(key)
+                a.triggered.connect(slot)
+                menu.addAction(a)
 
     def _connect(self):
         d = self.doc

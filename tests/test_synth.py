@@ -8,7 +8,7 @@ from keyface.core.cli import main
 from keyface.core.rig import EXPRESSION_CHANNELS, character_schema, convert, get_schema
 from keyface.core.synth import face as fm
 from keyface.core.synth.character import sample_character
-from keyface.core.synth.dataset import ShardDataset, SynthConfig, character_seeds, write_dataset
+from keyface.core.synth.dataset import OnTheFlyDataset, ShardDataset, SynthConfig, character_seeds, write_dataset
 from keyface.core.synth.render import REST, Renderer
 from keyface.core.synth.sample import ENGINE_3DMM, PairRenderer, engine_3dmm_converter, sample_pose
 
@@ -218,3 +218,13 @@ def test_cli_synth(tmp_path, capsys):
     assert sheet.shape == (2 * 32, 9 * 32, 3)
     assert main(["synth", "--out", str(tmp_path / "bad"), "--characters", "0"]) == 2
     assert "at least one character" in capsys.readouterr().err
+
+
+def test_on_the_fly_dataset_is_deterministic():
+    ds = OnTheFlyDataset([11, 12], poses_per_character=3, size=48, seed=2)
+    assert len(ds) == 6
+    a, b = ds[4], OnTheFlyDataset([11, 12], poses_per_character=3, size=48, seed=2)[4]
+    assert int(a["char_seed"]) == 12 and a["posed"].shape == (48, 48, 4)
+    assert np.array_equal(a["posed"], b["posed"]) and np.array_equal(a["values"], b["values"])
+    with pytest.raises(IndexError):
+        ds[6]

@@ -85,7 +85,7 @@ class PairData:
         ds = ShardDataset(root, split, cache_shards=1)
         if len(ds) == 0:
             raise KeyfaceError(f"the {split} split of {root} is empty")
-        cols = {"rest": [], "posed": [], "flow": [], "visible": [], "values": [], "char_seed": []}
+        cols = {"rest": [], "posed": [], "flow": [], "visible": [], "values": []}
         for name in ds.shards:
             shard = ds._shard(name)
             for k in cols:
@@ -94,7 +94,6 @@ class PairData:
         self.flow = np.concatenate(cols["flow"])
         self.visible = np.concatenate(cols["visible"])
         self.c_t = driving(np.concatenate(cols["values"]))
-        self.char_seed = np.concatenate(cols["char_seed"])
         self.size = self.rest.shape[1]
 
     def __len__(self):

@@ -270,6 +270,16 @@ def cmd_edit(args, out) -> int:
     return editor(args.path, device=args.device)
 
 
+def _stop_on_sigterm() -> list:
+    """A background job (``nohup … &``) ignores SIGINT: let ``kill`` (SIGTERM) stop training after the current step
+    (checkpoint written). Returns a list that becomes non-empty once the signal came."""
+    import signal
+
+    came: list = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    return came
+
+
 def cmd_train_atw(args, out) -> int:
     from tqdm import tqdm
 
@@ -277,9 +287,11 @@ def cmd_train_atw(args, out) -> int:
     from .methods.atw.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
-                      lr=args.lr, eval_every=args.eval_every, model=ATWConfig(base=args.base))
+                      lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
+                      eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
+    terminated = _stop_on_sigterm()
     bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", desc="atw", disable=args.quiet)
 
     def progress(step, logs):
@@ -287,14 +299,24 @@ def cmd_train_atw(args, out) -> int:
         bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("total", "img", "flow", "rec", "d_adv")})
 
     try:
-        trainer.fit(progress)
+        trainer.fit(progress, should_stop=lambda: bool(terminated))
     except KeyboardInterrupt:
         trainer.save()
-        bar.close()
+        terminated.append("SIGINT")
+    bar.close()
+    if terminated:
         out.write(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume\n")
         return 130
-    bar.close()
     out.write(f"finished {trainer.step} steps: {args.out}/generator.safetensors\n")
+    return 0
+
+
+def cmd_krita(args, out) -> int:
+    from keyface.addon.krita import install
+
+    action = install.install if args.krita_command == "install" else install.uninstall
+    for line in action(args.pykrita, args.kritarc):
+        out.write(line + "\n")
     return 0
 
 
@@ -418,7 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="supervised (paired corpus), gan (the paper's five losses), or both")
     ta.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer")
     ta.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
+    ta.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                    help="constant (the paper) or cosine decay to 5%% of --lr at --steps")
+    ta.add_argument("--init", metavar="WEIGHTS", help="start the generator from these weights (.safetensors with "
+                                                      "its .json; their architecture replaces --base)")
     ta.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
+    ta.add_argument("--eval-characters", type=_positive_int, default=8,
+                    help="validation characters (in neither split of the dataset) for evaluations and the best "
+                         "checkpoint (best.safetensors)")
     ta.add_argument("--seed", type=int, default=0)
     ta.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ta.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -430,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--steps", type=_positive_int, default=3000)
     tf.add_argument("--seed", type=int, default=0)
     tf.set_defaults(run=cmd_train_facebox)
+
+    k = sub.add_parser("krita", help="install or remove the Krita plugin (a keyface docker)")
+    ksub = k.add_subparsers(dest="krita_command", required=True, metavar="ACTION")
+    for name, text in (("install", "put the plugin in Krita's pykrita folder and enable it (run with Krita closed)"),
+                       ("uninstall", "remove the plugin and its kritarc entry")):
+        kp = ksub.add_parser(name, help=text)
+        kp.add_argument("--pykrita", metavar="DIR", help="Krita's pykrita folder (default: this platform's)")
+        kp.add_argument("--kritarc", metavar="FILE", help="Krita's settings file (default: this platform's)")
+        kp.set_defaults(run=cmd_krita)
 
     b = sub.add_parser("bench", help="benchmarks (print a table)")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

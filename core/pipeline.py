@@ -97,10 +97,11 @@ def _convert_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, device: str = "cpu",
                  resume: bool = False, batch: int = 4, progress: Callable | None = None,
-                 should_stop: Callable = lambda: False) -> list[Path]:
+                 should_stop: Callable = lambda: False, source: np.ndarray | None = None) -> list[Path]:
     """Render a scene's frames (default: its frame range) into ``out_dir`` (default: the scene's output folder).
     With ``resume``, frames already on disk are kept; without, an existing frame is an error (nothing is overwritten
-    silently). Returns the written paths."""
+    silently). ``source``: the source pixels when they do not come from the scene's file (a host's layer). Returns
+    the written paths."""
     import cv2
 
     from .scene import check_source
@@ -110,7 +111,8 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
     fmt = fmt or scene.output.format
     if fmt not in EXTENSIONS:
         raise KeyfaceError(f"format {fmt!r} cannot be written here (use {', '.join(EXTENSIONS)})")
-    check_source(scene)
+    if source is None:
+        check_source(scene)
     out = Path(out_dir) if out_dir is not None else scene.output_dir
     out.mkdir(parents=True, exist_ok=True)
     frames = list(scene.frames if frames is None else frames)
@@ -127,7 +129,8 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
         progress(len(frames) - len(todo), len(frames))
     if not todo:
         return written
-    source = read_image(scene.source_path)
+    if source is None:
+        source = read_image(scene.source_path)
     job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp)
     values = convert(scene.sample(todo), scene.schema, job.schema)
     for i in range(0, len(todo), batch):

@@ -108,7 +108,7 @@ def test_checkpoint_round_trip_and_resume(tiny_data, tmp_path):
     Trainer(_cfg(tiny_data, steps=3), run, device="cpu", log=lambda m: None).fit()
     assert (run / "generator.safetensors").exists()
     meta = json.loads((run / "generator.json").read_text())
-    assert meta["steps"] == 3 and set(meta["eval"]) == {"blink", "mouth open", "smile"}
+    assert meta["steps"] == 3 and set(meta["validation"]) == {"blink", "mouth open", "smile"}
     # resuming continues from step 3 with the same batches as an uninterrupted run
     resumed = Trainer(_cfg(tiny_data, steps=5), run, device="cpu", resume=True, log=lambda m: None)
     assert resumed.step == 3

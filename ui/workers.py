@@ -84,9 +84,9 @@ class RenderWorker(QObject):
     finished = pyqtSignal(int)     # frames written
     failed = pyqtSignal(str)
 
-    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None):
+    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None, source=None):
         super().__init__(parent)
-        self.args = (scene, out_dir, frames, fmt, device)
+        self.args = (scene, out_dir, frames, fmt, device, source)
         self._cancel = threading.Event()
         self._thread = None
 
@@ -97,6 +97,10 @@ class RenderWorker(QObject):
     def cancel(self) -> None:
         self._cancel.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
     def wait(self, timeout=None) -> None:
         if self._thread:
             self._thread.join(timeout)
@@ -104,12 +108,15 @@ class RenderWorker(QObject):
     def _run(self) -> None:
         from keyface.core.pipeline import render_scene
 
-        scene, out_dir, frames, fmt, device = self.args
+        scene, out_dir, frames, fmt, device, source = self.args
         try:
             written = render_scene(scene, out_dir, frames=frames, fmt=fmt, device=device, resume=True, batch=2,
-                                   progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set)
+                                   progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set,
+                                   source=source)
             self.finished.emit(len(written))
         except KeyfaceError as exc:
             self.failed.emit(str(exc))
+        except MemoryError:
+            self.failed.emit("out of memory: close other documents or render a smaller face box")
         except Exception as exc:
             self.failed.emit(f"render failed: {exc}")

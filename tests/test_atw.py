@@ -83,7 +83,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _cfg(data, **kw):
-    return TrainConfig(data=str(data), batch=4, eval_every=1000, eval_characters=2, model=TINY, **kw)
+    return TrainConfig(**{"data": str(data), "batch": 4, "eval_every": 1000, "eval_characters": 2, "model": TINY, **kw})
 
 
 def test_tiny_overfit_loss_falls(tiny_data, tmp_path):
@@ -146,3 +146,36 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main(["train", "atw", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no synthetic dataset" in capsys.readouterr().err
+
+
+def test_validation_characters_best_checkpoint_schedule_and_init(tiny_data, tmp_path):
+    from keyface.core.methods.atw.trainer import eval_score, validation_seeds
+    from keyface.core.synth.dataset import load_manifest
+
+    manifest = load_manifest(tiny_data)
+    seeds = validation_seeds(manifest, 5)
+    used = {int(s) for split in manifest["splits"].values() for s in split}
+    assert len(set(seeds)) == 5 and not used & set(seeds) and seeds == validation_seeds(manifest, 5)
+    manifest["splits"]["train"].append(seeds[0])            # a seed that is used is never a validation seed
+    assert seeds[0] not in validation_seeds(manifest, 5)
+
+    run = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_data, steps=4, eval_every=2, lr=1e-3, lr_schedule="cosine"), run, device="cpu",
+                 log=lambda m: None)
+    assert tr.lr_at(0) == pytest.approx(1e-3) and tr.lr_at(2) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert tr.lr_at(4) == pytest.approx(5e-5)
+    tr.fit()
+    evals = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "eval" in line]
+    assert [e["step"] for e in evals] == [2, 4]
+    best = max(evals, key=lambda e: e["score"])
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["steps"] == best["step"] and meta["score"] == pytest.approx(eval_score(best["eval"]))
+    assert json.loads((run / "state.json").read_text())["best_score"] == pytest.approx(best["score"])
+
+    started = Trainer(_cfg(tiny_data, steps=1, init=str(run / "generator.safetensors")), tmp_path / "init",
+                      device="cpu", log=lambda m: None)
+    ref = load_generator(run / "generator.safetensors").state_dict()
+    for k, v in started.gen.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    with pytest.raises(KeyfaceError, match="lr schedule"):
+        Trainer(_cfg(tiny_data, lr_schedule="steps"), tmp_path / "bad", device="cpu")

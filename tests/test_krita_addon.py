@@ -4,6 +4,7 @@ test_krita_e2e.py."""
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,20 @@ def test_panel_errors_are_messages_not_exceptions(app):
     panel.editor.set_value_at("AU12", 0, 1.0)
     panel.render()
     assert "needs RGB/Alpha" in panel.last_message[0] and not panel.rendering
+    from keyface.core import models
+    from keyface.core.methods.atw import load
+
+    models.register(models.ModelInfo("test-missing-weights", "atw", "au17", "weights deleted (tests)",
+                                     Path("/nonexistent/weights.safetensors"), load))
+    doc.source._model = "RGBA"
+    panel.editor.set_model("test-missing-weights")
+    panel.editor.set_value_at("AU12", 0, 1.0)
+    panel.editor.set_face_box((0, 0, 32, 32))
+    failed = []
+    panel.renderFailed.connect(failed.append)
+    panel.render()
+    _wait(app, lambda: failed or not panel.rendering)
+    assert failed and "not found" in panel.last_message[0] and panel.last_message[1] and not doc.imported
     doc.annotations[adapter.ANNOTATION] = b"garbage"
     fresh = _panel(app, doc)                            # a damaged annotation: a message, defaults, nothing lost
     assert "not valid JSON" in fresh.last_message[0]

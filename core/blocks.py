@@ -1,5 +1,6 @@
-"""Network blocks shared by the generators (written once): convolution units, residual blocks, AdaIN, SPADE,
-attention, and warping by a keyface flow.
+"""Network blocks shared by the generators (written once): convolution units, residual blocks, the conditioned
+encoder–decoder (ATW's motion and refinement networks, CPTNet's mask and grid generators), AdaIN, SPADE, attention,
+and warping by a keyface flow.
 
 Warping follows keyface's flow convention (see :mod:`keyface.core.reswarp`): a backward flow in pixels, output pixel
 (x, y) reads the input at (x + flow_x, y + flow_y), bilinear, border replicate, pixel centres at half-integers.
@@ -90,6 +91,40 @@ class SelfAttention(nn.Module):
         t = self.norm(x).flatten(2).transpose(1, 2)
         out, _ = self.attn(t, t, t, need_weights=False)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+def up_decoder(base: int, cout: int, norm: str = "instance", act: str = "relu") -> nn.Sequential:
+    """Two transposed-conv up-samplings (4·base → 2·base → base) and a 3×3 conv to ``cout``."""
+    return nn.Sequential(
+        conv_unit(4 * base, 2 * base, norm=norm, act=act, transpose=True),
+        conv_unit(2 * base, base, norm=norm, act=act, transpose=True),
+        nn.Conv2d(base, cout, 3, padding=1))
+
+
+class EncoderDecoder(nn.Module):
+    """conv 3×3 → two stride-2 down-samplings → [features, tile(c)] fused by a 1×1 conv → residual blocks → two
+    transposed-conv up-samplings → conv 3×3 to ``cout``. The driving signal enters with the image (the paper) and
+    again at the bottleneck: instance norm removes a spatially constant input, so a signal seen only through the first
+    normalised layer survives only at the image border (our choice; measured: without it the motion network ignored
+    the driving signal after 1,000 steps)."""
+
+    def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str):
+        super().__init__()
+        self.down = nn.Sequential(
+            conv_unit(cin + cdim, base, 3, norm=norm, act=act),
+            conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
+            conv_unit(2 * base, 4 * base, 4, stride=2, norm=norm, act=act))
+        self.fuse = conv_unit(4 * base + cdim, 4 * base, 1, norm=norm, act=act)
+        self.blocks = nn.Sequential(*[ResBlock(4 * base, norm=norm, act=act) for _ in range(blocks)])
+        self.up = up_decoder(base, cout, norm, act)
+
+    def encode(self, x, c):
+        """The shared part (CPTNet's mask and grid generators share it): features at 1/4 resolution."""
+        h = self.down(torch.cat([x, tile(c, x.shape[2:])], 1))
+        return self.blocks(self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1)))
+
+    def forward(self, x, c):
+        return self.up(self.encode(x, c))
 
 
 def tile(signal: torch.Tensor, size) -> torch.Tensor:

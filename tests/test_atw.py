@@ -7,8 +7,9 @@ import torch
 from keyface.core.blocks import warp
 from keyface.core.cli import main
 from keyface.core.errors import KeyfaceError
+from keyface.core.losses import gradient_penalty
 from keyface.core.methods.atw.conditioning import DIM, driving
-from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses, gradient_penalty
+from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses
 from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
 from keyface.core.methods.atw.trainer import TrainConfig, Trainer, from_net, load_generator, save_generator, to_net
 from keyface.core.synth.dataset import SynthConfig, write_dataset
@@ -64,7 +65,7 @@ def test_loss_terms():
     assert t2["flow"].item() == pytest.approx(0, abs=1e-6) and "adv" not in t2
     d = critic_losses(dr, dw, x, out[0].detach(), c_s, w)
     assert d["d_drv"].item() == pytest.approx(torch.nn.functional.mse_loss(dr(x)[1], c_s).item(), rel=1e-5)
-    assert gradient_penalty(dr, x, out[0].detach()).item() >= 0
+    assert gradient_penalty(lambda v: dr(v)[0], x, out[0].detach()).item() >= 0
 
 
 def test_image_conversion_round_trip():

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 import torch.nn.functional as F
+
+from ...losses import gradient_penalty, masked_l1
 
 
 @dataclass
@@ -41,26 +42,13 @@ class LossWeights:
         return asdict(self)
 
 
-def gradient_penalty(critic, real, fake):
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-    mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    score, _ = critic(mix)
-    grad, = torch.autograd.grad(score.sum(), mix, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
 def critic_losses(dr, dw, real, fake, c_s, w: LossWeights) -> dict:
     """Losses of D^r and D^w for one critic step (``fake`` detached)."""
     s_real, drv_real = dr(real)
     s_fake, _ = dr(fake)
-    adv = s_fake.mean() - s_real.mean() + w.gp * gradient_penalty(dr, real, fake)
+    adv = s_fake.mean() - s_real.mean() + w.gp * gradient_penalty(lambda x: dr(x)[0], real, fake)
     drv = F.mse_loss(drv_real, c_s)
     return {"d_adv": adv, "d_drv": drv, "d_r": w.adv * adv + w.drv * drv, "d_w": F.mse_loss(dw(real), c_s)}
-
-
-def masked_l1(a, b, mask):
-    m = mask.expand_as(a)
-    return (a - b).abs().mul(m).sum() / m.sum().clamp(min=1)
 
 
 def generator_losses(g, img, c_s, c_t, out, w: LossWeights, *, target=None, flow_gt=None, visible=None,

@@ -16,7 +16,8 @@ also sees the driving signal (it must paint content the warp cannot produce, e.g
 predicts a bounded correction, O^r = clamp(O^w + tanh(·), −1, 1), which the refine loss |O^w − O^r| keeps small;
 ``flow_scale`` is 24 px at 128² (an eyelid travels up to ~20 px there); channel widths are configurable (``base``,
 default 32; the shipped model uses 16 to train on a 2-core CPU); 3×3 instead of 7×7 convolutions at full
-resolution (5× cheaper); the driving signal also enters at the bottleneck (see :class:`EncoderDecoder`).
+resolution (5× cheaper); the driving signal also enters at the bottleneck (see
+:class:`keyface.core.blocks.EncoderDecoder`).
 
 Critics (WGAN-GP, StarGAN-style PatchGAN trunks of stride-2 4×4 convs with LeakyReLU): **D^r** returns the
 adversarial score map and the driving-signal prediction; **D^w** has only the driving head and judges the warped
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ...blocks import ResBlock, conv_unit, tile, warp
+from ...blocks import EncoderDecoder, warp
 from .conditioning import DIM
 
 
@@ -48,32 +49,6 @@ class ATWConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class EncoderDecoder(nn.Module):
-    """conv 3×3 → two stride-2 down-samplings → [features, tile(c)] fused by a 1×1 conv → residual blocks → two
-    transposed-conv up-samplings → conv 3×3 to ``cout``. The driving signal enters with the image (the paper) and
-    again at the bottleneck: instance norm removes a spatially constant input, so a signal seen only through the first
-    normalised layer survives only at the image border (our choice; measured: without it the motion network ignored
-    the driving signal after 1,000 steps)."""
-
-    def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str):
-        super().__init__()
-        self.down = nn.Sequential(
-            conv_unit(cin + cdim, base, 3, norm=norm, act=act),
-            conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
-            conv_unit(2 * base, 4 * base, 4, stride=2, norm=norm, act=act))
-        self.fuse = conv_unit(4 * base + cdim, 4 * base, 1, norm=norm, act=act)
-        self.blocks = nn.Sequential(*[ResBlock(4 * base, norm=norm, act=act) for _ in range(blocks)])
-        self.up = nn.Sequential(
-            conv_unit(4 * base, 2 * base, norm=norm, act=act, transpose=True),
-            conv_unit(2 * base, base, norm=norm, act=act, transpose=True),
-            nn.Conv2d(base, cout, 3, padding=1))
-
-    def forward(self, x, c):
-        h = self.down(torch.cat([x, tile(c, x.shape[2:])], 1))
-        h = self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1))
-        return self.up(self.blocks(h))
 
 
 class MotionNet(nn.Module):

@@ -93,6 +93,16 @@ class SelfAttention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+def patch_trunk(cin: int, base: int, layers: int, max_width: int = 512) -> tuple[nn.Sequential, int]:
+    """StarGAN's discriminator trunk: ``layers`` stride-2 4×4 convs with LeakyReLU(0.01), widths doubling from
+    ``base`` (capped). Returns the trunk and its output width."""
+    mods, c, width = [], cin, base
+    for _ in range(layers):
+        mods += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True)]
+        c, width = width, min(width * 2, max_width)
+    return nn.Sequential(*mods), c
+
+
 def up_decoder(base: int, cout: int, norm: str = "instance", act: str = "relu") -> nn.Sequential:
     """Two transposed-conv up-samplings (4·base → 2·base → base) and a 3×3 conv to ``cout``."""
     return nn.Sequential(

@@ -11,8 +11,9 @@ from keyface.core.losses import gradient_penalty
 from keyface.core.methods.atw.conditioning import DIM, driving
 from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses
 from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
-from keyface.core.methods.atw.trainer import TrainConfig, Trainer, from_net, load_generator, save_generator, to_net
+from keyface.core.methods.atw.trainer import TrainConfig, Trainer, load_generator, save_generator
 from keyface.core.synth.dataset import SynthConfig, write_dataset
+from keyface.core.training import from_net, to_net
 
 TINY = ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)
 
@@ -150,8 +151,9 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
 
 
 def test_validation_characters_best_checkpoint_schedule_and_init(tiny_data, tmp_path):
-    from keyface.core.methods.atw.trainer import eval_score, validation_seeds
+    from keyface.core.methods.atw.trainer import eval_score
     from keyface.core.synth.dataset import load_manifest
+    from keyface.core.training import validation_seeds
 
     manifest = load_manifest(tiny_data)
     seeds = validation_seeds(manifest, 5)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...analytic import psnr
 from ...pipeline import FrameJob
 from ...rig import convert
 from ...synth.character import sample_character
 from ...synth.face import Pose
 from ...synth.render import REST
 from ...synth.sample import PairRenderer, character_vector
-from .trainer import EVAL_TARGETS, _composite, psnr, ssim
+from ...training import composite, ssim
+from .trainer import EVAL_TARGETS
 
 
 def evaluate_render(runtime, seeds, size: int = 512) -> dict:
@@ -33,9 +35,9 @@ def evaluate_render(runtime, seeds, size: int = 512) -> dict:
                          job.schema)
         frames = job.frames(values)
         for name, frame in zip(names, frames, strict=True):
-            target = _composite(pr.renderer.render({**REST, **EVAL_TARGETS[name]}).image[crop])
-            ours = _composite(frame[crop] / 255.0)
-            base = _composite(rest[crop])
+            target = composite(pr.renderer.render({**REST, **EVAL_TARGETS[name]}).image[crop])
+            ours = composite(frame[crop] / 255.0)
+            base = composite(rest[crop])
             r = rows[name]
             r["psnr"].append(psnr(ours, target))
             r["psnr_identity"].append(psnr(base, target))

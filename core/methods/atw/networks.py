@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ...blocks import EncoderDecoder, warp
+from ...blocks import EncoderDecoder, patch_trunk, warp
 from .conditioning import DIM
 
 
@@ -89,12 +89,7 @@ class Critic(nn.Module):
 
     def __init__(self, cfg: ATWConfig, adversarial: bool = True):
         super().__init__()
-        layers, c = [], cfg.channels
-        width = cfg.critic_base
-        for _ in range(cfg.critic_layers):
-            layers += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True)]
-            c, width = width, min(width * 2, 512)
-        self.trunk = nn.Sequential(*layers)
+        self.trunk, c = patch_trunk(cfg.channels, cfg.critic_base, cfg.critic_layers)
         self.adv = nn.Conv2d(c, 1, 3, padding=1) if adversarial else None
         size = cfg.grid // 2 ** cfg.critic_layers
         self.drv = nn.Conv2d(c, cfg.driving, size)

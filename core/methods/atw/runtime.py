@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...training import from_net, pick_device
 from .conditioning import driving_from_schema
-from .trainer import from_net, load_generator, pick_device
+from .trainer import load_generator
 
 
 class ATWRuntime:

@@ -1,0 +1,327 @@
+"""Training conventions shared by every method's trainer (written once; ATW and CPTNet use them).
+
+A run folder holds ``config.json``, ``checkpoint.safetensors`` (every module, prefixed by its name), ``optimizer.pt``,
+``state.json`` (step, best validation score), ``log.jsonl`` (losses every step, evaluations), ``best.safetensors`` +
+``best.json`` (the generator at the evaluation with the best validation score) and, at the end, the deployable
+``generator.safetensors`` + ``generator.json``. Checkpoints are written every ``checkpoint_minutes`` and at the end;
+``resume`` continues from the last one with the same batches (a method draws batch ``k`` from a generator seeded with
+(seed, k)); a resumed run may be extended (more ``steps``).
+
+Evaluations use *validation* characters: drawn from their own seed stream and checked to be in neither split of the
+dataset, so choosing a checkpoint never looks at the test characters the model card reports on.
+
+Learning-rate schedules: ``constant``; ``cosine`` from ``lr`` down to ``lr × lr_min_fraction`` at ``steps``;
+``linear_tail``: constant, then linear to zero over the last ``decay_steps`` (StarGAN's and CPTNet's schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import KeyfaceError
+from .io import atomic_write_bytes, atomic_write_text
+
+LR_SCHEDULES = ("constant", "cosine", "linear_tail")
+VALIDATION_STREAM = 0x7A11D  # seed of the validation characters' seed stream
+
+
+# ------------------------------------------------------------------------------------------------------ tensors
+
+
+def to_net(images_u8: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 4) uint8 straight RGBA → (B, 4, H, W) premultiplied in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255).permute(0, 3, 1, 2)
+    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+    return x * 2 - 1
+
+
+def float_to_net(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 4) float straight RGBA in [0, 1] → (B, 4, H, W) premultiplied in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)
+    return torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1) * 2 - 1
+
+
+def from_net(x: torch.Tensor) -> np.ndarray:
+    """(B, 4, H, W) premultiplied [-1, 1] → (B, H, W, 4) float32 straight RGBA in [0, 1]."""
+    x = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    a = x[:, 3:]
+    rgb = torch.where(a > 1e-4, x[:, :3] / a.clamp(min=1e-4), torch.zeros_like(x[:, :3])).clamp(0, 1)
+    return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).numpy()
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KeyfaceError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Gaussian window σ = 1.5, per channel) of two images in [0, 1]."""
+    import cv2
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)  # noqa: E731
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ma, mb = blur(a), blur(b)
+    va, vb, cov = blur(a * a) - ma ** 2, blur(b * b) - mb ** 2, blur(a * b) - ma * mb
+    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
+    return float(s.mean())
+
+
+def composite(img: np.ndarray) -> np.ndarray:
+    """Straight RGBA [0, 1] → RGB over mid grey (what a viewer compares)."""
+    return img[..., :3] * img[..., 3:] + 0.5 * (1 - img[..., 3:])
+
+
+def validation_seeds(manifest: dict, n: int) -> list[int]:
+    """``n`` character seeds in neither split of a dataset (deterministic)."""
+    used = {int(s) for split in manifest["splits"].values() for s in split}
+    rng = np.random.default_rng(VALIDATION_STREAM)
+    seeds: list[int] = []
+    while len(seeds) < n:
+        s = int(rng.integers(0, 2 ** 31 - 1))
+        if s not in used and s not in seeds:
+            seeds.append(s)
+    return seeds
+
+
+# ------------------------------------------------------------------------------------------------------ weights
+
+
+def save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                  metadata={k: json.dumps(v) for k, v in (metadata or {}).items()}))
+
+
+def save_weights(module, path, method: str, extra: dict | None = None) -> None:
+    """Deployable weights: ``path`` (.safetensors) + a JSON beside it with the method, ``module.cfg`` and ``extra``."""
+    path = Path(path)
+    save_safetensors(path, module.state_dict())
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"method": method, "model": module.cfg.to_dict(),
+                                                             **(extra or {})}, indent=1))
+
+
+def load_weights(path, build, method: str, device="cpu"):
+    """Load weights written by :func:`save_weights`; ``build(model_dict)`` makes the module."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise KeyfaceError(f"model weights not found: {path}")
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("method", method) != method:
+            raise ValueError(f"these are {meta['method']} weights, not {method}")
+        module = build(meta["model"])
+        module.load_state_dict(load_file(str(path), device=str(device)))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise KeyfaceError(f"cannot load {method} weights {path}: {exc}") from None
+    return module.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class RunConfig:
+    """Fields every trainer has; a method's config adds ``model`` and ``weights`` (and anything else)."""
+
+    data: str = ""
+    steps: int = 2000
+    batch: int = 16
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    mode: str = "supervised"
+    critic_steps: int = 5
+    eval_every: int = 250
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    eval_characters: int = 8
+    lr_schedule: str = "constant"
+    lr_min_fraction: float = 0.05
+    decay_steps: int = 0
+    init: str = ""
+
+
+def lr_factor(cfg: RunConfig, step: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if cfg.lr_schedule == "cosine":
+        t = min(step / max(cfg.steps, 1), 1.0)
+        return cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+    start = cfg.steps - cfg.decay_steps
+    return 1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.decay_steps, 1))
+
+
+def _prefixed(prefix: str, module) -> dict:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def _unprefixed(prefix: str, tensors: dict) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+class RunTrainer:
+    """The loop, checkpoints, resume, evaluations and best checkpoint. A method subclass sets ``method``,
+    ``config_class`` and ``modes`` and implements :meth:`build` (modules and optimizers), :meth:`train_step` (one
+    generator step, with its critic steps; returns float logs), :meth:`evaluate` (a dict of rows), :meth:`score`
+    (higher is better) and :meth:`save_generator`."""
+
+    method = ""
+    config_class = RunConfig
+    modes: tuple = ("supervised",)
+
+    def __init__(self, cfg, run_dir, device: str = "auto", resume: bool = False, log=print):
+        if cfg.mode not in self.modes:
+            raise KeyfaceError(f"mode must be one of {', '.join(self.modes)}")
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise KeyfaceError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}")
+        self.run = Path(run_dir)
+        self.log = log
+        if resume:
+            if not (self.run / "config.json").exists():
+                raise KeyfaceError(f"nothing to resume in {self.run} (no config.json)")
+            saved = self.config_class.from_dict(json.loads((self.run / "config.json").read_text()))
+            saved.steps = cfg.steps  # a resumed run may be extended
+            cfg = saved
+        elif (self.run / "checkpoint.safetensors").exists():
+            raise KeyfaceError(f"{self.run} already holds a run: use --resume or another folder")
+        self.init = None
+        if cfg.init and not resume:
+            self.init = self.load_generator(cfg.init)
+            cfg.model = self.init.cfg
+        self.cfg = cfg
+        self.device = pick_device(device)
+        torch.manual_seed(cfg.seed)
+        self.modules: dict = {}
+        self.optimizers: dict = {}
+        self.build()
+        if self.init is not None:
+            self.modules["generator"].load_state_dict(self.init.state_dict())
+        self.step = 0
+        self.best_score = -math.inf
+        self.run.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load()
+        else:
+            atomic_write_text(self.run / "config.json", json.dumps(asdict(cfg), indent=1))
+
+    # to implement ---------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_step(self) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        raise NotImplementedError
+
+    def score(self, result: dict) -> float:
+        raise NotImplementedError
+
+    def format_eval(self, result: dict) -> str:
+        return json.dumps(result)
+
+    @classmethod
+    def load_generator(cls, path, device="cpu"):
+        raise NotImplementedError
+
+    def save_generator(self, path, extra: dict) -> None:
+        save_weights(self.modules["generator"], path, self.method, extra)
+
+    # helpers --------------------------------------------------------------------------------------------------------
+    def adam(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+
+    def set_lr(self) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step)
+        for opt in self.optimizers.values():
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        return lr
+
+    def rng(self, k: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, k])
+
+    # checkpoints ----------------------------------------------------------------------------------------------------
+    def save(self) -> None:
+        tensors = {}
+        for name, m in self.modules.items():
+            tensors.update(_prefixed(name, m))
+        save_safetensors(self.run / "checkpoint.safetensors", tensors)
+        optim = {k: (o.state_dict() if o is not None else None) for k, o in self.optimizers.items()}
+        tmp = self.run / ".optimizer.pt.tmp"
+        torch.save(optim, tmp)
+        tmp.replace(self.run / "optimizer.pt")
+        best = self.best_score if math.isfinite(self.best_score) else None
+        atomic_write_text(self.run / "state.json", json.dumps({"step": self.step, "best_score": best}))
+
+    def _load(self) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.run / "checkpoint.safetensors"), device=str(self.device))
+        for name, m in self.modules.items():
+            m.load_state_dict(_unprefixed(name, tensors))
+        optim = torch.load(self.run / "optimizer.pt", map_location=self.device, weights_only=True)
+        for k, o in self.optimizers.items():
+            if o is not None and optim.get(k):
+                o.load_state_dict(optim[k])
+        state = json.loads((self.run / "state.json").read_text())
+        self.step = state["step"]
+        self.best_score = -math.inf if state.get("best_score") is None else state["best_score"]
+
+    # the loop -------------------------------------------------------------------------------------------------------
+    def fit(self, progress=None, should_stop=lambda: False) -> dict | None:
+        cfg = self.cfg
+        last_ckpt = time.monotonic()
+        started = time.monotonic()
+        result = None
+        record = {"mode": cfg.mode, "data": cfg.data}
+        with (self.run / "log.jsonl").open("a") as log:
+            while self.step < cfg.steps and not should_stop():
+                self.set_lr()
+                logs = self.train_step()
+                self.step += 1
+                if not all(math.isfinite(v) for v in logs.values()):
+                    self.save()
+                    raise KeyfaceError(f"training diverged at step {self.step} (non-finite loss); the last "
+                                       "checkpoint is kept")
+                log.write(json.dumps({"step": self.step, **logs}) + "\n")
+                if progress:
+                    progress(self.step, logs)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    result = self.evaluate()
+                    score = self.score(result)
+                    log.write(json.dumps({"step": self.step, "eval": result, "score": score}) + "\n")
+                    self.log(f"step {self.step} (validation score {score:+.4g})\n{self.format_eval(result)}")
+                    if score > self.best_score:
+                        self.best_score = score
+                        self.save_generator(self.run / "best.safetensors",
+                                            {"steps": self.step, **record, "score": score, "validation": result})
+                log.flush()
+                if time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    self.save()
+                    last_ckpt = time.monotonic()
+        self.save()
+        if self.step >= cfg.steps:
+            result = result or self.evaluate()
+            self.save_generator(self.run / "generator.safetensors",
+                                {"steps": self.step, **record, "validation": result,
+                                 "train_seconds_this_process": round(time.monotonic() - started, 1)})
+        return result

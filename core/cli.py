@@ -280,23 +280,17 @@ def _stop_on_sigterm() -> list:
     return came
 
 
-def cmd_train_atw(args, out) -> int:
+def _run_training(trainer, args, out) -> int:
+    """Progress bar, SIGTERM/SIGINT → checkpoint and exit 130, final message: the same for every method."""
     from tqdm import tqdm
 
-    from .methods.atw.networks import ATWConfig
-    from .methods.atw.trainer import TrainConfig, Trainer
-
-    cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
-                      lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
-                      eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base))
-    trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
-                      log=lambda msg: tqdm.write(msg, file=out))
     terminated = _stop_on_sigterm()
-    bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", desc="atw", disable=args.quiet)
+    bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, unit="step", desc=trainer.method, disable=args.quiet)
 
     def progress(step, logs):
         bar.update(step - bar.n)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("total", "img", "flow", "rec", "d_adv")})
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
+                         if k in ("total", "img", "flow", "rec", "pair", "perc", "d_adv")})
 
     try:
         trainer.fit(progress, should_stop=lambda: bool(terminated))
@@ -308,6 +302,56 @@ def cmd_train_atw(args, out) -> int:
         out.write(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume\n")
         return 130
     out.write(f"finished {trainer.step} steps: {args.out}/generator.safetensors\n")
+    return 0
+
+
+def cmd_train_atw(args, out) -> int:
+    from tqdm import tqdm
+
+    from .methods.atw.networks import ATWConfig
+    from .methods.atw.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
+                      lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
+                      eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base))
+    trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
+                      log=lambda msg: tqdm.write(msg, file=out))
+    return _run_training(trainer, args, out)
+
+
+def cmd_train_cptnet(args, out) -> int:
+    from tqdm import tqdm
+
+    from .methods.cptnet.networks import CPTNetConfig
+    from .methods.cptnet.trainer import TrainConfig, Trainer
+
+    decay = args.steps // 6 if args.decay_steps is None else args.decay_steps
+    cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed, lr=args.lr,
+                      lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
+                      eval_characters=args.eval_characters, features=args.features or "",
+                      model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant))
+    trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
+                      log=lambda msg: tqdm.write(msg, file=out))
+    return _run_training(trainer, args, out)
+
+
+def cmd_train_features(args, out) -> int:
+    from tqdm import tqdm
+
+    from .features import train_features
+
+    bar = tqdm(total=args.steps, unit="step", desc="features", disable=args.quiet)
+
+    def progress(step, logs):
+        bar.update(step - bar.n)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+
+    rec = train_features(args.data, args.out, steps=args.steps, batch=args.batch, width=args.width, seed=args.seed,
+                         device=args.device, log=lambda m: None, progress=progress)
+    bar.close()
+    out.write(f"wrote {args.out}: held-out identity accuracy {rec['heldout_identity_accuracy']:.3f} over "
+              f"{rec['characters']} characters, value MAE {rec['heldout_value_mae_scaled']:.4f} (scaled), "
+              f"{rec['train_seconds']:.0f} s\n")
     return 0
 
 
@@ -391,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--size", type=int, default=128, help="square image size in pixels (default 128; sheet: 256)")
     y.add_argument("--seed", type=int, default=0, help="dataset seed (sheet: first character seed)")
     y.add_argument("--test-fraction", type=float, default=0.1, help="share of characters held out for testing")
-    y.add_argument("--framing", choices=("full", "face"), default="full",
-                   help="full: upper body in the THA placement; face: the face box fills the image")
+    y.add_argument("--framing", choices=("full", "face", "head"), default="full",
+                   help="full: upper body in the THA placement; face: the face box fills the image; head: the head "
+                        "with its hair, room to turn (CPTNet)")
     y.add_argument("--poses", choices=("all", "expression"), default="all",
                    help="expression: head and body stay at rest (for expression generators)")
     y.add_argument("--project", metavar="SCHEMA", help="keep only expressions this schema represents (e.g. au17)")
@@ -453,6 +498,41 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--resume", action="store_true", help="continue the run in --out")
     ta.add_argument("--quiet", action="store_true", help="no progress bar")
     ta.set_defaults(run=cmd_train_atw)
+    tc = tsub.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
+                                        "--project pose5)")
+    tc.add_argument("--data", required=True, help="dataset folder written by keyface synth")
+    tc.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
+    tc.add_argument("--steps", type=_positive_int, default=2000, help="generator steps in all (default 2000)")
+    tc.add_argument("--batch", type=_positive_int, default=8, help="batch size (the paper: 8)")
+    tc.add_argument("--mode", choices=("both", "supervised"), default="both",
+                    help="both: the paper's adversarial + L1 + perceptual loss; supervised: L1 + perceptual")
+    tc.add_argument("--variant", choices=("mask", "grid", "mask+grid", "mask+grid+ms"), default="mask+grid+ms",
+                    help="head stage of the ablation (Table 1); default the full model")
+    tc.add_argument("--k", type=_positive_int, default=4, help="cascade steps of the mask branch (default 4)")
+    tc.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer (StarGAN: 64)")
+    tc.add_argument("--blocks", type=_positive_int, default=6, help="residual blocks (default 6)")
+    tc.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
+    tc.add_argument("--decay-steps", type=int, default=None,
+                    help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
+    tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
+    tc.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
+    tc.add_argument("--eval-characters", type=_positive_int, default=8, help="validation characters")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tc.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tc.add_argument("--quiet", action="store_true", help="no progress bar")
+    tc.set_defaults(run=cmd_train_cptnet)
+    tv = tsub.add_parser("features", help="the VGG19-shaped feature network for perceptual losses, on a synthetic "
+                                          "dataset (identity classification + rig regression)")
+    tv.add_argument("--data", required=True, help="dataset folder written by keyface synth")
+    tv.add_argument("--out", required=True, help="weights file (.safetensors; a .json record is written beside)")
+    tv.add_argument("--steps", type=_positive_int, default=3000)
+    tv.add_argument("--batch", type=_positive_int, default=32)
+    tv.add_argument("--width", type=_positive, default=0.25, help="channel multiplier of VGG19's widths")
+    tv.add_argument("--seed", type=int, default=0)
+    tv.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tv.add_argument("--quiet", action="store_true", help="no progress bar")
+    tv.set_defaults(run=cmd_train_features)
     tf = tsub.add_parser("facebox", help="the automatic face box regressor, on synthetic characters")
     tf.add_argument("--out", required=True, help="weights file (.safetensors; a .json with metrics is written beside)")
     tf.add_argument("--samples", type=_positive_int, default=4000)

@@ -85,6 +85,23 @@ def composite(img: np.ndarray) -> np.ndarray:
     return img[..., :3] * img[..., 3:] + 0.5 * (1 - img[..., 3:])
 
 
+def load_split(root, split: str, columns) -> dict[str, np.ndarray]:
+    """The named columns of a written dataset's split (``keyface synth``), concatenated over its shards, in memory."""
+    from .synth.dataset import ShardDataset
+
+    ds = ShardDataset(root, split, cache_shards=1)
+    if len(ds) == 0:
+        raise KeyfaceError(f"the {split} split of {root} is empty")
+    cols: dict[str, list] = {k: [] for k in columns}
+    for name in ds.shards:
+        shard = ds._shard(name)
+        for k in columns:
+            if k not in shard:
+                raise KeyfaceError(f"{root} has no column {k!r} (written by an older keyface synth?)")
+            cols[k].append(shard[k])
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
 def validation_seeds(manifest: dict, n: int) -> list[int]:
     """``n`` character seeds in neither split of a dataset (deterministic)."""
     used = {int(s) for split in manifest["splits"].values() for s in split}

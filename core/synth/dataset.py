@@ -66,14 +66,14 @@ class SynthConfig:
 
 
 def pose_for(values: dict, poses: str = "all", project: str | None = None) -> dict:
-    """Restrict a sampled pose: ``expression`` keeps head and body at rest; ``project`` passes the expression through
-    a schema and back (e.g. au17: bilateral, no gaze), so that the schema's values determine the image."""
+    """Restrict a sampled pose: ``expression`` keeps head and body at rest; ``project`` passes the pose through a
+    schema and back (e.g. au17: bilateral, no gaze, no head motion; pose5: eyes, mouth, head pitch and yaw only), so
+    that the schema's values determine the image."""
     if project is not None:
         names = character_schema().names
         vec = np.array([values.get(n, 0.0) for n in names])
         back = convert(convert(vec, "character", project), project, "character")
-        kept = {n: float(v) for n, v in zip(names, back, strict=True)}
-        values = {**kept, **{n: values[n] for n in names if n.startswith(("head_", "body_")) or n == "breathing"}}
+        values = {n: float(v) for n, v in zip(names, back, strict=True)}
     if poses == "expression":
         values = {n: (0.0 if n.startswith(("head_", "body_")) or n == "breathing" else v) for n, v in values.items()}
     return values

@@ -51,7 +51,8 @@ class Placement:
 
 
 FACE_CROP = Placement(center=(0.5, 0.375), head=1.0)  # the face box (2 × 2 units about (0, 0.25)) fills the image
-FRAMINGS = {"full": Placement(), "face": FACE_CROP}
+HEAD_CROP = Placement(center=(0.5, 0.45), head=0.5)  # CPTNet's framing: the head with its hair, room to turn
+FRAMINGS = {"full": Placement(), "face": FACE_CROP, "head": HEAD_CROP}
 
 
 # ------------------------------------------------------------------------------------------------ coverage helpers

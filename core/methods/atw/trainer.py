@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ...analytic import psnr
-from ...errors import KeyfaceError
 from ...training import (
     RunConfig,
     RunTrainer,
     composite,
     from_net,
+    load_split,
     load_weights,
     lr_factor,
     save_weights,
@@ -58,20 +58,9 @@ class PairData:
     """A written synthetic dataset's split held in memory as the arrays training needs."""
 
     def __init__(self, root, split: str):
-        from ...synth.dataset import ShardDataset
-
-        ds = ShardDataset(root, split, cache_shards=1)
-        if len(ds) == 0:
-            raise KeyfaceError(f"the {split} split of {root} is empty")
-        cols = {"rest": [], "posed": [], "flow": [], "visible": [], "values": []}
-        for name in ds.shards:
-            shard = ds._shard(name)
-            for k in cols:
-                cols[k].append(shard[k])
-        self.rest, self.posed = np.concatenate(cols["rest"]), np.concatenate(cols["posed"])
-        self.flow = np.concatenate(cols["flow"])
-        self.visible = np.concatenate(cols["visible"])
-        self.c_t = driving(np.concatenate(cols["values"]))
+        cols = load_split(root, split, ("rest", "posed", "flow", "visible", "values"))
+        self.rest, self.posed, self.flow, self.visible = cols["rest"], cols["posed"], cols["flow"], cols["visible"]
+        self.c_t = driving(cols["values"])
         self.size = self.rest.shape[1]
 
     def __len__(self):

@@ -1,0 +1,187 @@
+"""Training CPTNet (``keyface train cptnet``) on a paired synthetic dataset (``keyface synth --project pose5``).
+
+The paper (§4.1): Adam lr 1e-4, β = (0.5, 0.999), batch 8, five critic updates per generator update, the learning
+rate decayed linearly to zero over the last 100,000 of 600,000 iterations (here ``lr_schedule="linear_tail"`` with
+``decay_steps``; a CPU run scales both down). Modes: ``both`` (the paper's loss: adversarial + L1 + perceptual) and
+``supervised`` (L1 + perceptual, no critic). Run folders, resume, validation characters and the best checkpoint follow
+:mod:`keyface.core.training`; the validation score is −L1 (higher is better) over the evaluation poses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...training import (
+    RunConfig,
+    RunTrainer,
+    composite,
+    from_net,
+    load_split,
+    load_weights,
+    save_weights,
+    ssim,
+    to_net,
+    validation_seeds,
+)
+from .losses import LossWeights, critic_loss, generator_losses
+from .networks import CPTNetConfig, Critic, Generator, drive
+
+MODES = ("both", "supervised")
+EVAL_POSES = {
+    "eyes closed": {"eye_left": 0.0, "eye_right": 0.0},
+    "mouth open": {"mouth": 1.0},
+    "turn 20° (yaw 1)": {"head_yaw": 1.0},
+    "look up (pitch −1)": {"head_pitch": -1.0},
+    "all (yaw −.6, pitch .5, wink, mouth .6)": {"head_yaw": -0.6, "head_pitch": 0.5, "eye_left": 0.0, "mouth": 0.6},
+}
+REST5 = {"eye_left": 1.0, "eye_right": 1.0, "mouth": 0.0, "head_pitch": 0.0, "head_yaw": 0.0}
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    batch: int = 8
+    mode: str = "both"
+    model: CPTNetConfig = field(default_factory=CPTNetConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+    features: str = ""  # feature network weights ("" = the shipped one)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["model"] = CPTNetConfig(**d.get("model", {}))
+        d["weights"] = LossWeights(**d.get("weights", {}))
+        return cls(**d)
+
+
+def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
+    save_weights(gen, path, "cptnet", extra)
+
+
+def load_generator(path, device="cpu") -> Generator:
+    return load_weights(path, lambda m: Generator(CPTNetConfig(**m)), "cptnet", device)
+
+
+def metrics(out: np.ndarray, target: np.ndarray) -> dict:
+    """Table 1's metrics on one image pair (straight RGBA [0, 1], compared as RGB over grey): L1, RMSE, SSIM."""
+    a, b = composite(out), composite(target)
+    return {"l1": float(np.abs(a - b).mean()), "rmse": float(np.sqrt(((a - b) ** 2).mean())), "ssim": ssim(a, b)}
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+@torch.no_grad()
+def evaluate_pairs(gen: Generator, rest_u8: np.ndarray, posed_u8: np.ndarray, pose5: np.ndarray, device,
+                   batch: int = 8) -> dict:
+    """Mean L1 / RMSE / SSIM of the generator and of the identity baseline over a set of pairs."""
+    gen.eval()
+    ours, base = [], []
+    for i in range(0, len(rest_u8), batch):
+        x = to_net(rest_u8[i:i + batch]).to(device)
+        d = torch.from_numpy(drive(pose5[i:i + batch])).to(device)
+        out = from_net(gen(x, d)["out"])
+        for o, r, t in zip(out, rest_u8[i:i + batch], posed_u8[i:i + batch], strict=True):
+            ours.append(metrics(o, t / 255.0))
+            base.append(metrics(r / 255.0, t / 255.0))
+    gen.train()
+    return {"ours": _mean_rows(ours), "identity": _mean_rows(base)}
+
+
+@torch.no_grad()
+def evaluate(gen: Generator, seeds, size: int, device) -> dict:
+    """Per :data:`EVAL_POSES` row: metrics on characters rendered on the fly (head framing)."""
+    from ...rig import character_schema, convert, get_schema
+    from ...synth.character import sample_character
+    from ...synth.render import FRAMINGS
+    from ...synth.sample import PairRenderer
+
+    names5 = get_schema("pose5").names
+    char_names = character_schema().names
+    renderers = [PairRenderer(sample_character(s), (size, size), FRAMINGS["head"]) for s in seeds]
+    rest = np.stack([np.clip(np.rint(r.rest.image * 255), 0, 255).astype(np.uint8) for r in renderers])
+    rows = {}
+    for name, pose in EVAL_POSES.items():
+        p5 = np.array([{**REST5, **pose}[n] for n in names5], np.float32)
+        values = dict(zip(char_names, convert(p5, "pose5", "character"), strict=True))
+        target = np.stack([np.clip(np.rint(r.renderer.render(values).image * 255), 0, 255).astype(np.uint8)
+                           for r in renderers])
+        r = evaluate_pairs(gen, rest, target, np.repeat(p5[None], len(seeds), 0), device)
+        rows[name] = {**r["ours"], **{f"{k}_identity": v for k, v in r["identity"].items()}}
+    return rows
+
+
+def format_eval(rows: dict) -> str:
+    lines = [f"{'pose':<40}  L1 ours  L1 identity  SSIM ours  SSIM identity"]
+    for name, r in rows.items():
+        lines.append(f"{name:<40}  {r['l1']:7.4f}  {r['l1_identity']:11.4f}  {r['ssim']:9.4f}  "
+                     f"{r['ssim_identity']:13.4f}")
+    return "\n".join(lines)
+
+
+class Trainer(RunTrainer):
+    method = "cptnet"
+    config_class = TrainConfig
+    modes = MODES
+
+    @classmethod
+    def load_generator(cls, path, device="cpu"):
+        return load_generator(path, device)
+
+    def build(self) -> None:
+        from ...features import load_features
+        from ...synth.dataset import load_manifest
+
+        cfg = self.cfg
+        self.gen = Generator(cfg.model).to(self.device)
+        self.gan = cfg.mode == "both"
+        self.critic = Critic(cfg.model).to(self.device) if self.gan else None
+        self.modules = {"generator": self.gen, **({"critic": self.critic} if self.gan else {})}
+        self.opt_g = self.adam(self.gen.parameters())
+        self.opt_d = self.adam(self.critic.parameters()) if self.gan else None
+        self.optimizers = {"g": self.opt_g, "d": self.opt_d}
+        self.features = load_features(cfg.features or None, self.device) if cfg.weights.perc else None
+        cols = load_split(cfg.data, "train", ("rest", "posed", "param_pose5"))
+        self.rest, self.posed, self.d = cols["rest"], cols["posed"], drive(cols["param_pose5"])
+        if self.rest.shape[1] != cfg.model.size:
+            cfg.model.size = int(self.rest.shape[1])  # the generator is fully convolutional; record the data's size
+        self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
+
+    def _batch(self, k: int) -> tuple:
+        idx = self.rng(k).integers(0, len(self.rest), self.cfg.batch)
+        return (to_net(self.rest[idx]).to(self.device), to_net(self.posed[idx]).to(self.device),
+                torch.from_numpy(self.d[idx]).to(self.device))
+
+    def train_step(self) -> dict:
+        cfg, w = self.cfg, self.cfg.weights
+        logs = {}
+        if self.gan:
+            for i in range(cfg.critic_steps):
+                x, target, d = self._batch(self.step * (cfg.critic_steps + 1) + i + 1)
+                with torch.no_grad():
+                    fake = self.gen(x, d)["out"]
+                c = critic_loss(self.critic, target, fake, w)
+                self.opt_d.zero_grad(set_to_none=True)
+                c["d_total"].backward()
+                self.opt_d.step()
+            logs.update({k: float(v.detach()) for k, v in c.items()})
+        x, target, d = self._batch(self.step * (cfg.critic_steps + 1))
+        out = self.gen(x, d)["out"]
+        g = generator_losses(out, target, w, self.features, self.critic)
+        self.opt_g.zero_grad(set_to_none=True)
+        g["total"].backward()
+        self.opt_g.step()
+        logs.update({k: float(v.detach()) for k, v in g.items()})
+        return logs
+
+    def evaluate(self) -> dict:
+        return evaluate(self.gen, self.eval_seeds, self.cfg.model.size, self.device)
+
+    def score(self, result: dict) -> float:
+        return -float(np.mean([r["l1"] for r in result.values()]))
+
+    def format_eval(self, result: dict) -> str:
+        return format_eval(result)

@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from keyface.core.features import TAPS, FeatureConfig, FeatureNet, perceptual_loss, train_features
+from keyface.core.methods.cptnet.losses import LossWeights, critic_loss, generator_losses
+from keyface.core.methods.cptnet.networks import VARIANTS, CPTNetConfig, Critic, Generator, drive
+from keyface.core.methods.cptnet.trainer import TrainConfig, Trainer, load_generator
+from keyface.core.synth.dataset import SynthConfig, write_dataset
+
+
+def tiny(variant="mask+grid+ms", k=4):
+    return CPTNetConfig(size=32, base=4, blocks=1, k=k, variant=variant, fusion_base=4, critic_base=4,
+                        critic_layers=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cptnet_data")
+    write_dataset(root, SynthConfig(characters=6, poses_per_character=6, size=32, seed=5, test_fraction=0.34,
+                                    framing="head", poses="all", project="pose5"), workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tiny_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("features") / "features.safetensors"
+    rec = train_features(tiny_data, path, steps=40, batch=8, width=0.125, log=lambda m: None)
+    return path, rec
+
+
+def test_drive_is_zero_at_rest():
+    assert np.array_equal(drive(np.array([1, 1, 0, 0, 0])), np.zeros(5))
+    assert np.allclose(drive(np.array([0, 0.5, 0.3, -1, 1])), [1, 0.5, 0.3, -1, 1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes_and_gradients(variant):
+    torch.manual_seed(0)
+    g = Generator(tiny(variant))
+    x = torch.rand(2, 4, 32, 32) * 2 - 1
+    out = g(x, torch.rand(2, 5))
+    assert out["out"].shape == x.shape and out["face_mask"].shape == (2, 1, 32, 32)
+    assert ("flow" in out) == ("grid" in variant) and ("fusion_mask" in out) == (variant.startswith("mask+grid"))
+    out["out"].abs().mean().backward()
+    assert all(p.grad is not None for p in g.trunk.parameters())
+    assert Critic(tiny(variant))(x).shape == (2, 1, 4, 4)
+
+
+def test_mask_step_is_a_convex_blend_and_the_grid_starts_as_identity():
+    torch.manual_seed(1)
+    g = Generator(tiny())
+    x = torch.rand(2, 4, 32, 32) * 2 - 1
+    d = torch.rand(2, 5)
+    with torch.no_grad():
+        o = g.trunk(x, d)
+        a, c = torch.sigmoid(o[:, :1]), torch.tanh(o[:, 1:])
+        y, a2 = g.mask_step(x, d)
+        assert torch.allclose(y, (1 - a) * c + a * x) and torch.equal(a, a2)
+        g.trunk.up[-1].bias[0] = 50.0  # A → 1: the input is kept
+        assert torch.allclose(g.mask_step(x, d)[0], x, atol=1e-6)
+        out, flow = g.grid_step(x, d)
+        assert torch.equal(flow, torch.zeros_like(flow)) and torch.allclose(out, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_cascade_is_k_applications_with_pose_times_i_over_k(k):
+    torch.manual_seed(2)
+    g = Generator(tiny(k=k))
+    x = torch.rand(1, 4, 32, 32) * 2 - 1
+    d = torch.tensor([[0.5, 0.0, 0.7, -0.4, 0.9]])
+    with torch.no_grad():
+        out = g(x, d)
+        face, _ = g.mask_step(x, d * torch.tensor([1.0, 1, 1, 0, 0]))
+        assert torch.allclose(out["face"], face)
+        y = face
+        for i in range(1, k + 1):
+            y, _ = g.mask_step(y, torch.tensor([[0.0, 0, 0, -0.4, 0.9]]) * (i / k))
+        assert torch.allclose(out["mask_out"], y, atol=1e-6)
+        grid, _ = g.grid_step(face, torch.tensor([[0.0, 0, 0, -0.4, 0.9]]))
+        a = g.fusion(out["mask_out"], grid)
+        assert torch.allclose(out["out"], (1 - a) * out["mask_out"] + a * grid, atol=1e-6)
+
+
+def test_loss_terms(tiny_features):
+    from keyface.core.features import load_features
+
+    torch.manual_seed(3)
+    feats = load_features(tiny_features[0])
+    crit = Critic(tiny())
+    w = LossWeights()
+    a, b = torch.rand(2, 4, 32, 32) * 2 - 1, torch.rand(2, 4, 32, 32) * 2 - 1
+    t = generator_losses(a, b, w, feats, crit)
+    assert torch.allclose(t["pair"], (a - b).abs().mean())
+    assert torch.allclose(t["adv"], -crit(a).mean())
+    assert torch.allclose(t["total"], w.pair * t["pair"] + w.perc * t["perc"] + w.adv * t["adv"])
+    same = generator_losses(a, a, w, feats)
+    assert same["pair"] == 0 and same["perc"] == 0 and "adv" not in same
+    c = critic_loss(crit, b, a.detach(), w)
+    assert torch.allclose(c["d_adv"], crit(a).mean() - crit(b).mean()) and c["d_gp"] >= 0
+    assert torch.allclose(c["d_total"], c["d_adv"] + w.gp * c["d_gp"])
+
+
+def test_feature_network(tiny_features):
+    path, rec = tiny_features
+    assert rec["last_loss"] < rec["first_loss"]           # it learns on the tiny set
+    net = FeatureNet(FeatureConfig(width=0.25))
+    x = torch.rand(2, 4, 64, 64, requires_grad=True)
+    feats = net(x)
+    assert [f.shape[1:] for f in feats] == [(16, 64, 64), (32, 32, 32), (64, 16, 16), (128, 8, 8)]
+    assert len(TAPS) == 4
+    y = torch.rand(2, 4, 64, 64)
+    loss = perceptual_loss(net, x, y)
+    loss.backward()
+    assert loss > 0 and x.grad is not None and perceptual_loss(net, y, y) == 0
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["method"] == "features" and meta["characters"] == 3
+
+
+def _cfg(data, feats, **kw):
+    return TrainConfig(**{"data": str(data), "batch": 4, "eval_every": 1000, "eval_characters": 2,
+                          "model": tiny(), "features": str(feats), **kw})
+
+
+def test_tiny_overfit_loss_falls(tiny_data, tiny_features, tmp_path):
+    tr = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", lr=3e-3), tmp_path / "run", device="cpu",
+                 log=lambda m: None)
+    tr.rest, tr.posed, tr.d = tr.rest[:4], tr.posed[:4], tr.d[:4]  # one fixed batch
+    first = [tr.train_step()["total"] for _ in range(3)]
+    for _ in range(40):
+        last = tr.train_step()["total"]
+    assert last < 0.6 * np.mean(first)
+
+
+def test_gan_step_fit_resume_and_evaluation(tiny_data, tiny_features, tmp_path):
+    run = tmp_path / "run"
+    tr = Trainer(_cfg(tiny_data, tiny_features[0], steps=2, critic_steps=2, eval_every=2, lr_schedule="linear_tail",
+                      decay_steps=1), run, device="cpu", log=lambda m: None)
+    result = tr.fit()
+    assert set(result) >= {"eyes closed", "turn 20° (yaw 1)"} and 0 <= result["eyes closed"]["ssim"] <= 1
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"d_adv", "d_gp", "adv", "pair", "perc"} <= set(logs[0])
+    gen = load_generator(run / "generator.safetensors")
+    assert gen.cfg == tr.cfg.model and (run / "best.safetensors").exists()
+    resumed = Trainer(_cfg(tiny_data, tiny_features[0], steps=3), run, device="cpu", resume=True, log=lambda m: None)
+    assert resumed.step == 2 and resumed.cfg.critic_steps == 2

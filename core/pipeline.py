@@ -61,29 +61,44 @@ class FrameJob:
     def low_results(self, values: np.ndarray):
         """values (B, C) in the model's schema → (low results (B, h, w, 4) in the source's integer depth or float,
         flows (B, h, w, 2)), bias-cancelled against the rest pose."""
+        results, flows, _ = self._generate(values)
+        return results, flows
+
+    def _generate(self, values: np.ndarray):
+        """:meth:`low_results` plus the residual weights (B, h, w) when the generator gives them (None otherwise).
+        A runtime returns (out, flow) or (out, flow, weight); weights are bias-cancelled like the rest:
+        w = clip(1 + w(target) − w(rest), 0, 1), so the rest pose keeps every residual."""
         values = np.asarray(values, np.float32)
         low = self.lifter.low_input()
         if low.shape[2] == 3:
             low = np.concatenate([low, np.ones(low.shape[:2] + (1,), np.float32)], axis=2)
         if self._rest is None:  # the generator at the rest pose: computed once per job
             self._rest = self.runtime(low[None], np.zeros((1, values.shape[1]), np.float32))
-        out, flow = self.runtime(np.repeat(low[None], len(values), axis=0), values)
+        gen = self.runtime(np.repeat(low[None], len(values), axis=0), values)
+        out, flow = gen[0], gen[1]
         result = np.clip(low[None] + (out - self._rest[0]), 0, 1)
         flows = flow - self._rest[1]
+        weights = None
+        if len(gen) > 2 and gen[2] is not None:
+            weights = np.clip(1 + gen[2] - self._rest[2], 0, 1).astype(np.float32)
         rest_frames = (values == 0).all(axis=1)  # exactly the rest pose: exactly the source (no float noise)
         result[rest_frames] = low
         flows[rest_frames] = 0
+        if weights is not None:
+            weights[rest_frames] = 1
         if self.source.shape[2] == 3:
             result = result[..., :3]
         if np.issubdtype(self.source.dtype, np.integer):
             scale = np.iinfo(self.source.dtype).max
             result = np.clip(np.rint(result * scale), 0, scale).astype(self.source.dtype)
-        return result, flows.astype(np.float32)
+        return result, flows.astype(np.float32), weights
 
     def frames(self, values: np.ndarray) -> list[np.ndarray]:
         """Full-resolution frames for values (B, C) in the model's schema."""
-        results, flows = self.low_results(values)
-        return [self.lifter.lift(r, f) for r, f in zip(results, flows, strict=True)]
+        results, flows, weights = self._generate(values)
+        if weights is None:
+            return [self.lifter.lift(r, f) for r, f in zip(results, flows, strict=True)]
+        return [self.lifter.lift(r, f, weight=w) for r, f, w in zip(results, flows, weights, strict=True)]
 
 
 def _convert_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:

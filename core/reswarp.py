@@ -352,7 +352,7 @@ class Lifter:
             raise ResWarpError("flow contains NaN or inf")
         return np.ascontiguousarray(flow, dtype=np.float32)
 
-    def active_cells(self, low_work: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    def active_cells(self, low_work: np.ndarray, flow: np.ndarray, weight=None) -> np.ndarray:
         """Grid cells whose neighbourhood can change the output: non-zero flow or a changed low-res result.
 
         A level-0 pixel reads the up-sampled field and result from the cells next to its own, and the recomputed
@@ -360,31 +360,50 @@ class Lifter:
         also reads each coarser level one of that level's pixels away (up to about two more cells in all): the
         active set is dilated by two cells."""
         changed = (flow != 0).any(axis=2) | (low_work != self.levels[-1]).any(axis=2)
+        if weight is not None:
+            changed |= weight < 1
         if self.mode == "vanilla":
             return changed
         return cv2.dilate(changed.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
 
-    def lift(self, low: np.ndarray, flow: np.ndarray, sparse: bool = True) -> np.ndarray:
+    def lift(self, low: np.ndarray, flow: np.ndarray, sparse: bool = True, weight: np.ndarray | None = None
+             ) -> np.ndarray:
         """Full-resolution frame: the source with the box replaced by the lifted result.
 
         ``sparse`` (default): only the rectangles around active cells are recomputed, the rest of the box is copied
         from the source; ``False`` recomputes the whole box (the same values; used to check the sparse path).
+        ``weight``: optional (grid h, grid w) residual weight in [0, 1], up-sampled like the flow: the warped residual
+        is multiplied by it (0 where the generator painted new content, so the source's detail does not ghost there;
+        default 1 everywhere).
         """
         flow = self._check_flow(flow)
+        weight = self._check_weight(weight)
         low_work = self._low_work(low, flow)
         if self.backend == "torch":
-            return self.lift_batch(low_work[None], flow[None], _prepared=True)[0]
+            return self.lift_batch(low_work[None], flow[None], None if weight is None else weight[None],
+                                   _prepared=True)[0]
         out = self.source.copy()
         if sparse:
-            rects = active_rects(self.active_cells(low_work, flow))
+            rects = active_rects(self.active_cells(low_work, flow, weight))
         else:
             rects = [(0, self.grid[0], 0, self.grid[1])]
         flow_xy = (np.ascontiguousarray(flow[..., 0]), np.ascontiguousarray(flow[..., 1]))
         for cells in rects:
-            self._lift_cells(low_work, flow_xy, cells, out)
+            self._lift_cells(low_work, flow_xy, cells, out, weight)
         return out
 
-    def _lift_cells(self, low_work: np.ndarray, flow: np.ndarray, cells, out: np.ndarray) -> None:
+    def _check_weight(self, weight) -> np.ndarray | None:
+        if weight is None:
+            return None
+        weight = np.asarray(weight)
+        if weight.shape != self.grid:
+            raise ResWarpError(f"residual weight must have shape {self.grid} (grid h, w), got {weight.shape}")
+        if not np.isfinite(weight).all():
+            raise ResWarpError("residual weight contains NaN or inf")
+        weight = np.clip(weight, 0, 1).astype(np.float32)
+        return None if (weight == 1).all() else np.ascontiguousarray(weight)
+
+    def _lift_cells(self, low_work: np.ndarray, flow: np.ndarray, cells, out: np.ndarray, weight=None) -> None:
         """Recompute the pixels that depend on grid cells rows cells[0]:cells[1] × cols cells[2]:cells[3]; write them
         into ``out``. Coarse levels are computed whole (for the region); level 0 in strips to bound memory."""
         result, origin = low_work, (0, 0)  # the coarser level's computed region and its offset in that level
@@ -394,11 +413,11 @@ class Lifter:
             cs = slice(*_cells_to_pixels(cells[2], cells[3], self.grid[1], w))
             if k == 0:
                 for strip in _strips(rs.start, rs.stop, cs.stop - cs.start):
-                    region = self._level_region(k, result, origin, flow, strip, cs)
+                    region = self._level_region(k, result, origin, flow, strip, cs, weight)
                     rows = slice(self.box.y + strip.start, self.box.y + strip.stop)
                     out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self._composite(region, strip, cs)
                 return
-            region = self._level_region(k, result, origin, flow, rs, cs)
+            region = self._level_region(k, result, origin, flow, rs, cs, weight)
             # keep the region with a 2-pixel margin of the unchanged level around it for the next level
             r0, r1 = max(0, rs.start - 2), min(h, rs.stop + 2)
             c0, c1 = max(0, cs.start - 2), min(w, cs.stop + 2)
@@ -406,12 +425,17 @@ class Lifter:
             result[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = region
             origin = (r0, c0)
 
-    def _level_region(self, k: int, result: np.ndarray, origin, flow: np.ndarray, rs: slice, cs: slice):
-        """Level k's rows rs × cols cs: up(coarser result) + residual warped by the up-sampled field."""
+    def _level_region(self, k: int, result: np.ndarray, origin, flow: np.ndarray, rs: slice, cs: slice,
+                      weight=None):
+        """Level k's rows rs × cols cs: up(coarser result) + residual warped by the up-sampled field (× the
+        up-sampled residual weight, when given)."""
         h, w = self.sizes[k]
         region = up_region(result, (h, w), rs, cs, self.sizes[k + 1], origin)
         mx, my = warp_maps(flow, (h, w), rs, cs)
-        region += sample(self.residuals[k], mx, my, self.interp)
+        res = sample(self.residuals[k], mx, my, self.interp)
+        if weight is not None:
+            res *= up_region(weight, (h, w), rs, cs)[..., None]
+        region += res
         return region
 
     def _composite(self, region: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
@@ -432,16 +456,20 @@ class Lifter:
             lifted[r, c] = blended
         return lifted
 
-    def lift_batch(self, lows, flows, _prepared: bool = False) -> np.ndarray:
-        """Lift a batch of frames with the torch backend (CPU or CUDA): lows (B, h, w, C), flows (B, h, w, 2)."""
+    def lift_batch(self, lows, flows, weights=None, _prepared: bool = False) -> np.ndarray:
+        """Lift a batch of frames with the torch backend (CPU or CUDA): lows (B, h, w, C), flows (B, h, w, 2),
+        optional residual weights (B, h, w)."""
         from . import reswarp_torch
 
         if not _prepared:
             flows = np.stack([self._check_flow(f) for f in flows])
             lows = np.stack([self._low_work(lo, f) for lo, f in zip(lows, flows, strict=True)])
+            if weights is not None:
+                checked = [self._check_weight(w) for w in weights]
+                weights = np.stack([np.ones(self.grid, np.float32) if w is None else w for w in checked])
         if self._torch is None:
             self._torch = reswarp_torch.TorchLifter(self, self.device)
-        return self._torch.lift(lows, flows)
+        return self._torch.lift(lows, flows, weights)
 
 
 STRIP_PIXELS = 1 << 20  # level-0 pixels per strip: per-frame temporaries stay near 50 MB at any size

@@ -39,8 +39,9 @@ class TorchLifter:
         my, mx = torch.meshgrid(ys, xs, indexing="ij")
         return mx.expand(batch, -1, -1), my.expand(batch, -1, -1)
 
-    def _level(self, k: int, result: torch.Tensor, flow: torch.Tensor, rows: slice) -> torch.Tensor:
-        """Rows ``rows`` of level k: up(coarser result) + the residual warped by the up-sampled field."""
+    def _level(self, k: int, result: torch.Tensor, flow: torch.Tensor, rows: slice, weight=None) -> torch.Tensor:
+        """Rows ``rows`` of level k: up(coarser result) + the residual warped by the up-sampled field (× the
+        up-sampled residual weight, when given)."""
         lf = self.lifter
         batch = result.shape[0]
         gh, gw = lf.grid
@@ -52,11 +53,13 @@ class TorchLifter:
         px = torch.arange(w, device=self.device, dtype=torch.float32)[None, None, :] + f[:, 0] * (w / gw)
         py = (torch.arange(rows.start, rows.stop, device=self.device, dtype=torch.float32)[None, :, None]
               + f[:, 1] * (h / gh))
-        res = self.residuals[k].expand(batch, -1, -1, -1)
-        return up + sample_t(res, px, py, lf.interp)
+        res = sample_t(self.residuals[k].expand(batch, -1, -1, -1), px, py, lf.interp)
+        if weight is not None:
+            res = res * sample_t(weight, fx, fy)
+        return up + res
 
     @torch.no_grad()
-    def lift(self, lows: np.ndarray, flows: np.ndarray) -> np.ndarray:
+    def lift(self, lows: np.ndarray, flows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Coarse levels whole; level 0 in row strips (bounded memory), each composited into the output frames."""
         from .reswarp import _strips
 
@@ -64,12 +67,14 @@ class TorchLifter:
         batch = len(lows)
         result = torch.from_numpy(np.ascontiguousarray(lows)).permute(0, 3, 1, 2).to(self.device)
         flow = torch.from_numpy(np.ascontiguousarray(flows)).permute(0, 3, 1, 2).to(self.device)
+        weight = (None if weights is None else
+                  torch.from_numpy(np.ascontiguousarray(weights, np.float32))[:, None].to(self.device))
         for k in range(len(lf.sizes) - 2, 0, -1):
-            result = self._level(k, result, flow, slice(0, lf.sizes[k][0]))
+            result = self._level(k, result, flow, slice(0, lf.sizes[k][0]), weight)
         out = np.repeat(lf.source[None], batch, axis=0)
         cols = slice(0, lf.box.w)
         for rows in _strips(0, lf.box.h, batch * lf.box.w):
-            region = self._level(0, result, flow, rows).permute(0, 2, 3, 1).cpu().numpy()
+            region = self._level(0, result, flow, rows, weight).permute(0, 2, 3, 1).cpu().numpy()
             for i in range(batch):
                 out[i][lf.box.y + rows.start:lf.box.y + rows.stop, lf.box.x:lf.box.x + lf.box.w] = (
                     lf._composite(region[i], rows, cols))

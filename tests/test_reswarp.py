@@ -231,3 +231,30 @@ def test_strips_do_not_change_the_result(monkeypatch):
     ref = whole.lift(low, flow)
     monkeypatch.setattr(rw, "STRIP_PIXELS", 400 * 7)  # 7-row strips, in the decomposition and in the lift
     assert np.array_equal(rw.Lifter(src, mode="multiscale").lift(low, flow), ref)
+
+
+def test_residual_weight():
+    # A residual weight of 0 removes the source's detail where a generator painted new content; 1 (or none) is the
+    # plain lift; the CPU and torch backends agree; a bad weight is refused.
+    import cv2
+
+    src = _noise((600, 800, 4), np.uint8, 7)
+    box = rw.Box(100, 50, 512, 512)
+    lifter = rw.Lifter(src, box)
+    low = lifter._quantised_input(np.uint8).copy()
+    assert np.array_equal(lifter.lift(low, ZERO, weight=np.ones((128, 128))), lifter.lift(low, ZERO))
+    weight = np.ones((128, 128), np.float32)
+    weight[:, :48] = 0
+    out = lifter.lift(low, ZERO, weight=weight)
+    crop, ref = out[box.slices], src[box.slices]
+    right = slice(256, 512)  # far from the weight's edge (cells 48+ and the up-sampling margin)
+    assert np.array_equal(crop[:, right], ref[:, right])
+    inner = (slice(40, 472), slice(40, 160))  # inside the feather band (32 px) and left of the weight's edge
+    lap = lambda a: cv2.Laplacian(a[..., :3].astype(np.float32), cv2.CV_32F).var()  # noqa: E731
+    assert lap(crop[inner]) < 0.02 * lap(ref[inner])   # detail gone where the weight is 0
+    torch_out = lifter.lift_batch([low], [ZERO], [weight])[0]
+    assert np.abs(torch_out.astype(int) - out.astype(int)).max() <= 1
+    with pytest.raises(rw.ResWarpError, match="residual weight"):
+        lifter.lift(low, ZERO, weight=np.ones((64, 64)))
+    with pytest.raises(rw.ResWarpError, match="NaN"):
+        lifter.lift(low, ZERO, weight=np.full((128, 128), np.nan))

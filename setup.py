@@ -47,7 +47,8 @@ setup(
     packages=packages,
     package_dir=package_dir,
     include_package_data=True,
-    package_data={"keyface.core": ["data/*", "data/example/*"], "keyface.core.methods.atw": ["weights/*"]},
+    package_data={"keyface.core": ["data/*", "data/example/*"], "keyface.core.methods.atw": ["weights/*"],
+                  "keyface.core.methods.cptnet": ["weights/*"]},
     install_requires=[
         "torch>=2.1,<3",
         "numpy>=1.24",

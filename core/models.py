@@ -41,7 +41,7 @@ def register(info: ModelInfo) -> None:
     _REGISTRY[info.id] = info
 
 
-_BUILTIN = ("atw",)
+_BUILTIN = ("atw", "cptnet")
 _loaded = False
 
 

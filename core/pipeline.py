@@ -1,10 +1,11 @@
 """The render spine every front end calls: scene → face box → crop at the generator's grid → generator (batched) →
 ResWarp to the source resolution, in place → frames written atomically.
 
-**Exact neutral.** A generator is run for the target values *and* for the source's own values (the rest pose, all
-zeros), and only the difference is applied: result = input + (G(input, target) − G(input, rest)), flow = F(target) −
-F(rest). Frames whose values equal the rest pose therefore reproduce the source exactly (bit-identical outside the
-box, ≤ 1/255 inside), and a generator's small bias at rest never shows as flicker between keys.
+**Exact neutral.** A generator is run for the target values *and* for the source's own values (the rest pose: the
+schema's defaults, e.g. all zeros for au17, eyes open for pose5), and only the difference is applied:
+result = input + (G(input, target) − G(input, rest)), flow = F(target) − F(rest). Frames whose values equal the rest
+pose therefore reproduce the source exactly (bit-identical outside the box, ≤ 1/255 inside), and a generator's small
+bias at rest never shows as flicker between keys.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ class FrameJob:
         low = self.lifter.low_input()
         if low.shape[2] == 3:
             low = np.concatenate([low, np.ones(low.shape[:2] + (1,), np.float32)], axis=2)
+        rest_values = self.schema.defaults.astype(np.float32)  # the rest pose (e.g. pose5: eyes open = 1)
         if self._rest is None:  # the generator at the rest pose: computed once per job
-            self._rest = self.runtime(low[None], np.zeros((1, values.shape[1]), np.float32))
+            self._rest = self.runtime(low[None], rest_values[None])
         gen = self.runtime(np.repeat(low[None], len(values), axis=0), values)
         out, flow = gen[0], gen[1]
         result = np.clip(low[None] + (out - self._rest[0]), 0, 1)
@@ -81,7 +83,7 @@ class FrameJob:
         weights = None
         if len(gen) > 2 and gen[2] is not None:
             weights = np.clip(1 + gen[2] - self._rest[2], 0, 1).astype(np.float32)
-        rest_frames = (values == 0).all(axis=1)  # exactly the rest pose: exactly the source (no float noise)
+        rest_frames = (values == rest_values).all(axis=1)  # exactly the rest pose: exactly the source (no float noise)
         result[rest_frames] = low
         flows[rest_frames] = 0
         if weights is not None:

@@ -146,3 +146,37 @@ def test_gan_step_fit_resume_and_evaluation(tiny_data, tiny_features, tmp_path):
     assert gen.cfg == tr.cfg.model and (run / "best.safetensors").exists()
     resumed = Trainer(_cfg(tiny_data, tiny_features[0], steps=3), run, device="cpu", resume=True, log=lambda m: None)
     assert resumed.step == 2 and resumed.cfg.critic_steps == 2
+
+
+def test_render_path_with_residual_weights(tmp_path):
+    # Mechanics with random weights (not quality): a registered CPTNet renders through FrameJob + ResWarp; the rest
+    # pose reproduces the source exactly; other poses change only the face box; the runtime's residual weight is used.
+    from keyface.core import models
+    from keyface.core.methods.cptnet import load
+    from keyface.core.methods.cptnet.runtime import CPTNetRuntime
+    from keyface.core.methods.cptnet.trainer import save_generator
+    from keyface.core.pipeline import FrameJob
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS
+    from keyface.core.synth.sample import PairRenderer
+
+    torch.manual_seed(4)
+    path = tmp_path / "cpt.safetensors"
+    save_generator(Generator(CPTNetConfig(size=64, base=4, blocks=1, k=2, fusion_base=4)), path)
+    models.register(models.ModelInfo("test-random-cptnet", "cptnet", "pose5", "random weights (tests)", path, load))
+    img = np.clip(np.rint(PairRenderer(sample_character(9), (240, 320), FRAMINGS["head"]).rest.image * 255),
+                  0, 255).astype(np.uint8)
+    box = (40, 60, 160, 160)
+    job = FrameJob.prepare(img, "test-random-cptnet", box)
+    rt = CPTNetRuntime(path)
+    out, flow, weight = rt(job.lifter.low_input()[None], np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
+    assert out.shape == (1, 64, 64, 4) and flow.shape == (1, 64, 64, 2) and weight.shape == (1, 64, 64)
+    assert 0 <= weight.min() and weight.max() <= 1
+    rest, turned = job.frames(np.array([[1, 1, 0, 0, 0], [0, 1, 0.5, 0.3, -0.8]], np.float32))
+    assert np.array_equal(rest, img)
+    x, y, w, h = box
+    outside = np.ones(img.shape[:2], bool)
+    outside[y:y + h, x:x + w] = False
+    assert not np.array_equal(turned, img) and np.array_equal(turned[outside], img[outside])
+    _, _, weights = job._generate(np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
+    assert weights is not None and weights.shape == (1, 64, 64)

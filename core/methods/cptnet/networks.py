@@ -127,15 +127,17 @@ class Generator(nn.Module):
     def forward(self, img, d) -> dict:
         """img (B, C, H, W) premultiplied RGBA in [−1, 1]; d (B, 5) conditioning (:func:`drive`) → a dict with
         ``out`` (the final image), ``face`` (face stage), ``mask_out`` / ``grid_out`` (head-stage branches),
-        ``face_mask``, ``fusion_mask`` (A of the fusion; 1 = grid branch), ``flow`` (grid branch, pixels)."""
+        ``face_mask``, ``mask_keep`` (the product of the cascade's masks: how much of each input pixel the mask branch
+        kept in place), ``fusion_mask`` (A of the fusion; 1 = grid branch), ``flow`` (grid branch, pixels)."""
         face_d, head_d = d * FACE.to(d), d * HEAD.to(d)
         face, face_mask = self.mask_step(img, face_d)
         out = {"face": face, "face_mask": face_mask}
         if self.cfg.uses_mask:
-            x = face
+            x, keep = face, torch.ones_like(face_mask)
             for i in range(1, self.cfg.steps + 1):
-                x, _ = self.mask_step(x, head_d * (i / self.cfg.steps))
-            out["mask_out"] = x
+                x, a = self.mask_step(x, head_d * (i / self.cfg.steps))
+                keep = keep * a
+            out["mask_out"], out["mask_keep"] = x, keep
         if self.cfg.uses_grid:
             out["grid_out"], out["flow"] = self.grid_step(face, head_d)
         if self.fusion is not None:

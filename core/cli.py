@@ -383,6 +383,20 @@ def cmd_bench_render(args, out) -> int:
     return 0
 
 
+def cmd_bench_tha4(args, out) -> int:
+    from .methods.tha4.bench import bench_tha4
+
+    character = args.character
+    if character is None:
+        default = Path(__file__).resolve().parent.parent.parent / "shared" / "thirdparty" / "tha4" / \
+            "character_models" / "lambda_00"
+        if not default.is_dir():
+            raise KeyfaceError("give --character DIR (an official THA4 character model folder)")
+        character = default
+    bench_tha4(character, repeat=args.repeat, device=args.device, out=out)
+    return 0
+
+
 def cmd_bench_synth(args, out) -> int:
     from .synth.bench import bench_synth
 
@@ -566,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--batch", type=_positive_int, default=4)
     bn.add_argument("--device", default="cpu")
     bn.set_defaults(run=cmd_bench_render)
+    bt = bsub.add_parser("tha4", help="THA4 student frame time: keyface's evaluator vs layer by layer, same weights")
+    bt.add_argument("--character", metavar="DIR", help="official character model folder (default: "
+                                                       "../shared/thirdparty/tha4/character_models/lambda_00)")
+    bt.add_argument("--repeat", type=_positive_int, default=10, help="timed frames (median), after 2 warm-up")
+    bt.add_argument("--device", default="cpu", help="cpu or cuda")
+    bt.set_defaults(run=cmd_bench_tha4)
     bs = bsub.add_parser("synth", help="synthetic pairs per second, and one 4K pair")
     bs.add_argument("--sizes", default="128,256,512", help="comma-separated square sizes")
     bs.add_argument("--characters", type=int, default=8, help="characters per cell")

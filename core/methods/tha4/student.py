@@ -1,0 +1,229 @@
+"""THA4 student networks (seed 001 §5, App. C–D): the SIREN face morpher and the multi-resolution SIREN body morpher,
+with a loader for the official character models.
+
+Architecture (what the official files hold, and what the seed describes):
+
+* **Face morpher**: a SIREN over the 128² face crop. Input per pixel: its position (x, y) and the 39 face parameters
+  (pose[0:39]); 8 sine layers 128 wide (sin(ω0·(Wx + b)), ω0 = 30) and a linear layer to RGBA. It never reads the
+  image: the patch it generates *replaces* the face box (rows 80–207, columns 192–319 of the 512² image).
+* **Body morpher**: three SIREN levels at 128², 256² and 512²; each has 3 sine layers (widths 360-360-180,
+  180-180-90, 90-90-90); level l's input is [bilinear 2× up-sampling of level l−1's features, position, the 45 pose
+  values]; a final linear layer gives 7 channels: grid change (2, normalised offsets), alpha (1), colour change (4).
+  Image formation: warped = grid_sample(image with the face patch, identity + grid change) (bilinear, border,
+  align_corners = False); output = (1 − α)·warped + α·colour change.
+* Positions are pixel centres in [−1, 1]: (2i + 1)/n − 1, channel order (x, y), then the pose (as the official code —
+  found by matching the official reference outputs; see tests/test_tha4.py).
+
+Convention (official): linear-light RGB, premultiplied alpha, [−1, 1], float32, unclamped.
+
+Two evaluators of the same weights:
+
+* :class:`ReferenceStudent` — layer by layer as written above (1×1 convolutions on full-resolution tensors): the
+  straightforward evaluation, kept as the benchmark's reference.
+* :class:`Student` — the fast path, same outputs within float rounding: (1) the pose-independent terms are computed
+  once per character: the first layers' position terms W_pos·pos become stored planes, and the pose enters each first
+  layer as one bias vector W_pose·p + b (no 47-channel convolution at all); (2) because bilinear up-sampling is linear
+  and per channel, W_f·up(h) = up(W_f·h): the first layer of levels 1 and 2 multiplies the coarser level's features at
+  the coarser resolution, then up-samples the product (4× fewer multiply-adds for those layers); (3) ω0 is folded into
+  the weights and layers run as (pixels × channels) matrix products with in-place sine; (4) inference mode, and half
+  precision on CUDA when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import KeyfaceError
+
+OMEGA = 30.0
+FACE_BOX = (80, 208, 192, 320)  # rows y0:y1, cols x0:x1 of the 512² image (mode_14)
+FACE_PARAMS = 39
+POSE_DIM = 45
+LEVELS = (128, 256, 512)
+
+
+def positions(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, 2, n, n): pixel-centre coordinates in [−1, 1], channels (x, y)."""
+    t = (torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([xx, yy])[None]
+
+
+def _check_official(sd: dict, kind: str) -> None:
+    if kind == "face":
+        want = {f"siren.sine_layers.{i}.linear.{p}" for i in range(8) for p in ("weight", "bias")}
+        want |= {"siren.last_linear.weight", "siren.last_linear.bias"}
+    else:
+        want = {f"siren_layers.{lv}.{j}.linear.{p}" for lv in range(3) for j in range(3) for p in ("weight", "bias")}
+        want |= {"last_linear.weight", "last_linear.bias"}
+    missing = want - set(sd)
+    if missing:
+        raise KeyfaceError(f"not an official THA4 student {kind} morpher (missing {sorted(missing)[:3]} …)")
+
+
+@dataclass
+class StudentWeights:
+    """The two official state dicts, as plain tensors: face [(W, b)] × 8 + last; body [[(W, b)] × 3] × 3 + last."""
+
+    face: list
+    face_last: tuple
+    body: list
+    body_last: tuple
+
+    @classmethod
+    def load(cls, folder) -> StudentWeights:
+        """An official character model folder (``face_morpher.pt``, ``body_morpher.pt``; ``torch.load`` with
+        ``weights_only=True``, mapped to the CPU)."""
+        folder = Path(folder)
+        sds = {}
+        for kind in ("face", "body"):
+            path = folder / f"{kind}_morpher.pt"
+            if not path.exists():
+                raise KeyfaceError(f"{path} not found (an official THA4 character model has face_morpher.pt and "
+                                   "body_morpher.pt)")
+            try:
+                sds[kind] = torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as exc:  # any unpickling problem means a bad file for the user
+                raise KeyfaceError(f"cannot read {path}: {exc}") from None
+            _check_official(sds[kind], kind)
+        f, b = sds["face"], sds["body"]
+
+        def wb(sd, key):
+            return sd[f"{key}.weight"][:, :, 0, 0].float(), sd[f"{key}.bias"].float()
+
+        return cls(face=[wb(f, f"siren.sine_layers.{i}.linear") for i in range(8)],
+                   face_last=wb(f, "siren.last_linear"),
+                   body=[[wb(b, f"siren_layers.{lv}.{j}.linear") for j in range(3)] for lv in range(3)],
+                   body_last=wb(b, "last_linear"))
+
+
+def compose(image: torch.Tensor, face_patch: torch.Tensor, body_out: torch.Tensor) -> dict:
+    """The official image formation from the body morpher's 7 channels at 512²."""
+    y0, y1, x0, x1 = FACE_BOX
+    img = image.clone()
+    img[:, :, y0:y1, x0:x1] = face_patch
+    grid_change, alpha, color = body_out[:, 0:2], body_out[:, 2:3], body_out[:, 3:7]
+    n = image.shape[-1]
+    grid = (positions(n, image.device, image.dtype) + grid_change).permute(0, 2, 3, 1)
+    warped = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return {"image": (1 - alpha) * warped + alpha * color, "alpha": alpha, "color_change": color,
+            "warped_image": warped, "grid_change": grid_change, "face": face_patch}
+
+
+class ReferenceStudent:
+    """The straightforward evaluation (1×1 convolutions at full resolution, layer by layer)."""
+
+    def __init__(self, weights: StudentWeights, device="cpu"):
+        self.w = weights
+        self.device = torch.device(device)
+
+    def _conv(self, x, wb):
+        w, b = wb
+        return F.conv2d(x, w.to(self.device)[:, :, None, None], b.to(self.device))
+
+    @torch.no_grad()
+    def face(self, pose: torch.Tensor) -> torch.Tensor:
+        n = 128
+        p = pose[:, :FACE_PARAMS, None, None].expand(-1, -1, n, n)
+        x = torch.cat([positions(n, self.device).expand(len(pose), -1, -1, -1), p], 1)
+        for wb in self.w.face:
+            x = torch.sin(OMEGA * self._conv(x, wb))
+        return self._conv(x, self.w.face_last)
+
+    @torch.no_grad()
+    def body(self, pose: torch.Tensor) -> torch.Tensor:
+        feats = None
+        for level, n in enumerate(LEVELS):
+            parts = [] if feats is None else [F.interpolate(feats, size=(n, n), mode="bilinear", align_corners=False)]
+            p = pose[:, :, None, None].expand(-1, -1, n, n)
+            x = torch.cat(parts + [positions(n, self.device).expand(len(pose), -1, -1, -1), p], 1)
+            for wb in self.w.body[level]:
+                x = torch.sin(OMEGA * self._conv(x, wb))
+            feats = x
+        return self._conv(feats, self.w.body_last)
+
+    def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
+        image, pose = image.to(self.device), pose.to(self.device)
+        with torch.no_grad():
+            return compose(image, self.face(pose), self.body(pose))
+
+
+class Student:
+    """The fast evaluation of the same weights (see the module docstring for what is done once and what is saved)."""
+
+    def __init__(self, weights: StudentWeights, device="cpu", half: bool = False):
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
+        dev, dt = self.device, self.dtype
+
+        def prep(wb):  # ω0 folded in; (in, out) for x @ W
+            return (OMEGA * wb[0]).t().contiguous().to(dev, dt), (OMEGA * wb[1]).to(dev, dt)
+
+        # face: first layer = position plane (stored) + pose vector
+        w0, b0 = weights.face[0]
+        pos = positions(128, dev).permute(0, 2, 3, 1).reshape(-1, 2)
+        self.face_pos = (OMEGA * (pos @ w0[:, :2].t().to(dev))).to(dt)                 # (n², 128)
+        self.face_pose = (OMEGA * w0[:, 2:]).t().contiguous().to(dev, dt)              # (39, 128)
+        self.face_b0 = (OMEGA * b0).to(dev, dt)
+        self.face_layers = [prep(wb) for wb in weights.face[1:]]
+        self.face_last = (weights.face_last[0].t().contiguous().to(dev, dt), weights.face_last[1].to(dev, dt))
+        # body: per level, first layer split into features / position (stored) / pose terms
+        self.levels = []
+        for level, n in enumerate(LEVELS):
+            w0, b0 = weights.body[level][0]
+            nf = w0.shape[1] - 2 - POSE_DIM
+            pos = positions(n, dev).permute(0, 2, 3, 1).reshape(-1, 2)
+            self.levels.append({
+                "n": n,
+                "feat": (OMEGA * w0[:, :nf]).t().contiguous().to(dev, dt) if nf else None,   # (nf, out)
+                "pos": (OMEGA * (pos @ w0[:, nf:nf + 2].t().to(dev))).to(dt),               # (n², out)
+                "pose": (OMEGA * w0[:, nf + 2:]).t().contiguous().to(dev, dt),                # (45, out)
+                "b0": (OMEGA * b0).to(dev, dt),
+                "rest": [prep(wb) for wb in weights.body[level][1:]],
+            })
+        self.body_last = (weights.body_last[0].t().contiguous().to(dev, dt), weights.body_last[1].to(dev, dt))
+
+    @staticmethod
+    def _sine_stack(x, layers):
+        for w, b in layers:
+            x = torch.addmm(b, x, w).sin_()
+        return x
+
+    def face(self, pose: torch.Tensor) -> torch.Tensor:
+        """(B, 39+) pose → (B, 4, 128, 128) patch."""
+        outs = []
+        for p in pose[:, :FACE_PARAMS].to(self.device, self.dtype):
+            x = (self.face_pos + (p @ self.face_pose + self.face_b0)).sin_()
+            x = self._sine_stack(x, self.face_layers)
+            x = torch.addmm(self.face_last[1], x, self.face_last[0])
+            outs.append(x.t().reshape(1, 4, 128, 128))
+        return torch.cat(outs)
+
+    def body(self, pose: torch.Tensor) -> torch.Tensor:
+        """(B, 45) pose → (B, 7, 512, 512): grid change, alpha, colour change."""
+        outs = []
+        for p in pose.to(self.device, self.dtype):
+            h, prev_n = None, None
+            for lv in self.levels:
+                n = lv["n"]
+                pre = lv["pos"] + (p @ lv["pose"] + lv["b0"])                       # (n², out)
+                if h is not None:
+                    # W_f·up(h) = up(W_f·h): multiply at the coarser resolution, then up-sample the product
+                    z = (h @ lv["feat"]).t().reshape(1, -1, prev_n, prev_n)
+                    z = F.interpolate(z, size=(n, n), mode="bilinear", align_corners=False)
+                    pre = pre + z.reshape(z.shape[1], -1).t()
+                h = self._sine_stack(pre.sin_(), lv["rest"])
+                prev_n = n
+            out = torch.addmm(self.body_last[1], h, self.body_last[0])
+            outs.append(out.t().reshape(1, 7, prev_n, prev_n))
+        return torch.cat(outs)
+
+    def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
+        with torch.inference_mode():
+            image = image.to(self.device, self.dtype)
+            out = compose(image, self.face(pose), self.body(pose))
+        return {k: v.float() for k, v in out.items()}

@@ -1,0 +1,87 @@
+"""THA4 official students: our evaluators reproduce the official reference outputs (../shared/thirdparty/tha4;
+skipped when absent). Acceptance (the reference README): max |diff| ≤ 2e-3 and mean |diff| ≤ 1e-5 on the final
+image, official convention (linear, premultiplied, [-1, 1], unclamped)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from keyface.core.errors import KeyfaceError
+from keyface.core.methods.tha4.student import FACE_BOX, ReferenceStudent, Student, StudentWeights
+
+CHARACTERS = ("lambda_00", "lambda_01")
+
+
+@pytest.fixture(scope="module")
+def tha4(request):
+    from conftest import SHARED
+
+    root = SHARED / "thirdparty" / "tha4"
+    if not root.is_dir():
+        pytest.skip("../shared/thirdparty/tha4 is not present")
+    return root
+
+
+def _ref(tha4, ch, name):
+    return np.load(tha4 / "reference" / ch / f"{name}.npz")["data"]
+
+
+@pytest.mark.parametrize("ch", CHARACTERS)
+def test_fast_student_reproduces_every_public_reference_pose(tha4, ch):
+    poses = json.loads((tha4 / "reference" / "poses.json").read_text())
+    student = Student(StudentWeights.load(tha4 / "character_models" / ch))
+    image = torch.from_numpy(_ref(tha4, ch, "input_image"))[None]
+    for p in poses:
+        out = student(image, torch.tensor(p["pose"])[None])["image"][0].numpy()
+        diff = np.abs(out - _ref(tha4, ch, p["name"]))
+        assert diff.max() <= 2e-3 and diff.mean() <= 1e-5, (p["name"], diff.max(), diff.mean())
+
+
+def test_reference_evaluator_and_intermediates(tha4):
+    ch = "lambda_00"
+    w = StudentWeights.load(tha4 / "character_models" / ch)
+    image = torch.from_numpy(_ref(tha4, ch, "input_image"))[None]
+    pose = torch.tensor(json.loads((tha4 / "reference" / "poses.json").read_text())[-1]["pose"])[None]
+    ref_out = ReferenceStudent(w)(image, pose)
+    fast_out = Student(w)(image, pose)
+    final = _ref(tha4, ch, "random_mix_seed0")
+    assert np.abs(ref_out["image"][0].numpy() - final).max() <= 2e-3
+    for k in ("image", "grid_change", "alpha", "face"):
+        assert torch.allclose(fast_out[k], ref_out[k], atol=2e-3), k
+    inter = tha4 / "reference" / ch / "intermediates" / "rest"
+    rest = Student(w)(image, torch.zeros(1, 45))
+    face = np.load(inter / "out5_face_morpher_output.npz")["data"]
+    assert np.abs(rest["face"][0].numpy() - face).max() <= 1e-4   # the face patch alone
+    grid = np.load(inter / "out4_body_morpher_grid_change.npz")["data"].astype(np.float32)
+    assert np.abs(rest["grid_change"][0].numpy() - grid).max() <= 5e-4  # (stored as float16)
+    y0, y1, x0, x1 = FACE_BOX
+    assert (y1 - y0, x1 - x0) == rest["face"].shape[2:]
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(KeyfaceError, match="face_morpher.pt"):
+        StudentWeights.load(tmp_path)
+    torch.save({"something": torch.zeros(1)}, tmp_path / "face_morpher.pt")
+    torch.save({"something": torch.zeros(1)}, tmp_path / "body_morpher.pt")
+    with pytest.raises(KeyfaceError, match="not an official THA4 student face morpher"):
+        StudentWeights.load(tmp_path)
+    (tmp_path / "face_morpher.pt").write_bytes(b"not a torch file")
+    with pytest.raises(KeyfaceError, match="cannot read"):
+        StudentWeights.load(tmp_path)
+
+
+@pytest.mark.parametrize("ch", CHARACTERS)
+def test_official_image_convention(tha4, ch):
+    from PIL import Image
+
+    from keyface.core.methods.tha4.convention import official_to_png, to_official
+
+    img = np.asarray(Image.open(tha4 / "character_models" / ch / "character.png").convert("RGBA"))
+    assert np.array_equal(to_official(img)[0].numpy(), _ref(tha4, ch, "input_image"))   # bit-exact
+    for name in ("rest", "mouth_aaa"):
+        png = np.asarray(Image.open(tha4 / "reference" / ch / f"{name}.png"))
+        assert np.array_equal(official_to_png(torch.from_numpy(_ref(tha4, ch, name))), png)
+    with pytest.raises(KeyfaceError, match="RGBA"):
+        to_official(img[..., :3])

@@ -7,6 +7,7 @@ command exits with 130.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -250,12 +251,22 @@ def cmd_pose(args, out) -> int:
 
     info = get_model(args.model)
     schema = info.schema
-    values = np.zeros((1, len(schema)), np.float64)
+    values = schema.defaults[None].copy()  # the rest pose, then the --set values
     for name, value in args.set or []:
         values[0, schema.index(name)] = value
     values = schema.validate(values)
     source = read_image(args.image)
     job = FrameJob.prepare(source, args.model, Box.parse(args.box) if args.box else None, args.device, args.mode)
+    if args.raw:
+        raw = getattr(job.runtime, "raw", None)
+        if raw is None:
+            raise KeyfaceError(f"model {args.model} has no raw output (--raw is for generators with their own "
+                               "convention, e.g. THA4)")
+        from .io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, raw(job.lifter.low_input()[None], job.schema.validate(values).astype(np.float32))[0])
+        atomic_write_bytes(args.raw, buf.getvalue())
     write_image(args.out, job.frames(values)[0])
     out.write(f"wrote {args.out} ({source.shape[1]}×{source.shape[0]}, face box {job.box.x},{job.box.y},"
               f"{job.box.w},{job.box.h})\n")
@@ -473,10 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     po = sub.add_parser("pose", help="one full-resolution frame of an image with set expression values")
     po.add_argument("image", metavar="IMAGE")
-    po.add_argument("--model", required=True, help="generator (keyface models)")
+    po.add_argument("--model", required=True, help="generator (keyface models), or tha4-student:FOLDER")
     po.add_argument("--set", type=_set_arg, action="append", metavar="CHANNEL=VALUE",
-                    help="a channel of the model's schema, e.g. AU12=3 (repeatable; others stay 0)")
-    po.add_argument("--box", metavar="x,y,w,h", help="face box (default: detected)")
+                    help="a channel of the model's schema, e.g. AU12=3 (repeatable; others stay at rest)")
+    po.add_argument("--box", metavar="x,y,w,h", help="face box (default: detected; THA4: the square image)")
+    po.add_argument("--raw", metavar="OUT.npy", help="also save the generator's own output (float32, its native "
+                                                     "convention; THA4: linear premultiplied [-1, 1], 4×512×512)")
     po.add_argument("--mode", choices=("multiscale", "vanilla"), default="multiscale", help="ResWarp mode")
     po.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     po.add_argument("--out", required=True, help="output image (.png or .tiff), written atomically")

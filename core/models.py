@@ -34,6 +34,7 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_FAMILIES: dict = {}  # prefix → (argument → ModelInfo): models named "prefix:argument", e.g. a character model folder
 
 
 def register(info: ModelInfo) -> None:
@@ -41,7 +42,12 @@ def register(info: ModelInfo) -> None:
     _REGISTRY[info.id] = info
 
 
-_BUILTIN = ("atw", "cptnet")
+def register_family(prefix: str, make: Callable) -> None:
+    """Models whose id is ``prefix:argument`` (e.g. ``tha4-student:/path/to/character``), made on demand."""
+    _FAMILIES[prefix] = make
+
+
+_BUILTIN = ("atw", "cptnet", "tha4")
 _loaded = False
 
 
@@ -63,8 +69,12 @@ def available_models() -> list[ModelInfo]:
 
 def get_model(model_id: str) -> ModelInfo:
     _load_builtin()
-    try:
+    if model_id in _REGISTRY:
         return _REGISTRY[model_id]
-    except KeyError:
-        have = ", ".join(_REGISTRY) or "none yet"
-        raise KeyfaceError(f"unknown model {model_id!r} (installed: {have})") from None
+    prefix, sep, arg = str(model_id).partition(":")
+    if sep and prefix in _FAMILIES:
+        if not arg:
+            raise KeyfaceError(f"model {model_id!r}: give what follows {prefix}: (e.g. a character model folder)")
+        return _FAMILIES[prefix](arg)
+    have = ", ".join(list(_REGISTRY) + [f"{p}:…" for p in _FAMILIES]) or "none yet"
+    raise KeyfaceError(f"unknown model {model_id!r} (installed: {have})")

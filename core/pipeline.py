@@ -44,6 +44,8 @@ class FrameJob:
         """``model``: a registered model id, or an already loaded runtime (grid, schema, __call__)."""
         runtime = get_model(model).load(device) if isinstance(model, str) else model
         h, w = source.shape[:2]
+        if box is None and hasattr(runtime, "default_box"):  # e.g. THA4: the whole (square) character image
+            box = runtime.default_box(source)
         if box is None:
             from .facebox import detect_face_box
 

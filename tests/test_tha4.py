@@ -85,3 +85,27 @@ def test_official_image_convention(tha4, ch):
         assert np.array_equal(official_to_png(torch.from_numpy(_ref(tha4, ch, name))), png)
     with pytest.raises(KeyfaceError, match="RGBA"):
         to_official(img[..., :3])
+
+
+def test_pose_command_with_an_official_character(tha4, tmp_path, capsys):
+    from keyface.core.cli import main
+    from keyface.core.imageio import read_image
+
+    folder = tha4 / "character_models" / "lambda_00"
+    model = f"tha4-student:{folder}"
+    assert main(["pose", str(folder / "character.png"), "--model", model, "--set", "head_y=-1",
+                 "--raw", str(tmp_path / "raw.npy"), "--out", str(tmp_path / "posed.png")]) == 0
+    raw = np.load(tmp_path / "raw.npy")
+    diff = np.abs(raw - _ref(tha4, "lambda_00", "head_y_neg"))     # --raw: the official convention
+    assert raw.shape == (4, 512, 512) and raw.dtype == np.float32 and diff.max() <= 2e-3 and diff.mean() <= 1e-5
+    posed, src = read_image(tmp_path / "posed.png"), read_image(folder / "character.png")
+    assert posed.shape == src.shape and (posed != src).any(axis=2).mean() > 0.01   # the head turned
+    # the rest pose reproduces the character exactly (the render path cancels the student's bias at rest)
+    assert main(["pose", str(folder / "character.png"), "--model", model, "--out", str(tmp_path / "rest.png")]) == 0
+    assert np.array_equal(read_image(tmp_path / "rest.png"), src)
+    assert main(["pose", str(folder / "character.png"), "--model", f"tha4-student:{tmp_path}",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "not a THA4 character model folder" in capsys.readouterr().err
+    assert main(["pose", str(folder / "character.png"), "--model", "atw-au17", "--raw", str(tmp_path / "r.npy"),
+                 "--box", "192,80,128,128", "--out", str(tmp_path / "y.png")]) == 2
+    assert "no raw output" in capsys.readouterr().err

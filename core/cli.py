@@ -502,35 +502,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a generator")
     tsub = t.add_subparsers(dest="train_command", required=True, metavar="METHOD")
+    def run_args(tp, default_batch: int, default_lr_help: str, run) -> None:
+        """The options every generator trainer has."""
+        tp.add_argument("--data", required=True, help="dataset folder written by keyface synth")
+        tp.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
+        tp.add_argument("--steps", type=_positive_int, default=2000, help="generator steps in all (default 2000)")
+        tp.add_argument("--batch", type=_positive_int, default=default_batch)
+        tp.add_argument("--lr", type=_positive, default=1e-4, help=default_lr_help)
+        tp.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
+        tp.add_argument("--eval-characters", type=_positive_int, default=8,
+                        help="validation characters (in neither split of the dataset) for evaluations and the best "
+                             "checkpoint (best.safetensors)")
+        tp.add_argument("--seed", type=int, default=0)
+        tp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        tp.add_argument("--resume", action="store_true", help="continue the run in --out")
+        tp.add_argument("--quiet", action="store_true", help="no progress bar")
+        tp.set_defaults(run=run)
+
     ta = tsub.add_parser("atw", help="ATW (seed 004) on a synthetic dataset (keyface synth --framing face "
                                      "--poses expression --project au17)")
-    ta.add_argument("--data", required=True, help="dataset folder written by keyface synth")
-    ta.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
-    ta.add_argument("--steps", type=_positive_int, default=2000, help="generator steps in all (default 2000)")
-    ta.add_argument("--batch", type=_positive_int, default=16)
+    run_args(ta, 16, "Adam learning rate (the paper: 1e-4)", cmd_train_atw)
     ta.add_argument("--mode", choices=("supervised", "gan", "both"), default="supervised",
                     help="supervised (paired corpus), gan (the paper's five losses), or both")
     ta.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer")
-    ta.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
     ta.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                     help="constant (the paper) or cosine decay to 5%% of --lr at --steps")
     ta.add_argument("--init", metavar="WEIGHTS", help="start the generator from these weights (.safetensors with "
                                                       "its .json; their architecture replaces --base)")
-    ta.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
-    ta.add_argument("--eval-characters", type=_positive_int, default=8,
-                    help="validation characters (in neither split of the dataset) for evaluations and the best "
-                         "checkpoint (best.safetensors)")
-    ta.add_argument("--seed", type=int, default=0)
-    ta.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ta.add_argument("--resume", action="store_true", help="continue the run in --out")
-    ta.add_argument("--quiet", action="store_true", help="no progress bar")
-    ta.set_defaults(run=cmd_train_atw)
     tc = tsub.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
                                         "--project pose5)")
-    tc.add_argument("--data", required=True, help="dataset folder written by keyface synth")
-    tc.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
-    tc.add_argument("--steps", type=_positive_int, default=2000, help="generator steps in all (default 2000)")
-    tc.add_argument("--batch", type=_positive_int, default=8, help="batch size (the paper: 8)")
+    run_args(tc, 8, "Adam learning rate (the paper: 1e-4, batch 8)", cmd_train_cptnet)
     tc.add_argument("--mode", choices=("both", "supervised"), default="both",
                     help="both: the paper's adversarial + L1 + perceptual loss; supervised: L1 + perceptual")
     tc.add_argument("--variant", choices=("mask", "grid", "mask+grid", "mask+grid+ms"), default="mask+grid+ms",
@@ -538,17 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--k", type=_positive_int, default=4, help="cascade steps of the mask branch (default 4)")
     tc.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer (StarGAN: 64)")
     tc.add_argument("--blocks", type=_positive_int, default=6, help="residual blocks (default 6)")
-    tc.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
     tc.add_argument("--decay-steps", type=int, default=None,
                     help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
     tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
-    tc.add_argument("--eval-every", type=_positive_int, default=250, help="steps between evaluations")
-    tc.add_argument("--eval-characters", type=_positive_int, default=8, help="validation characters")
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    tc.add_argument("--resume", action="store_true", help="continue the run in --out")
-    tc.add_argument("--quiet", action="store_true", help="no progress bar")
-    tc.set_defaults(run=cmd_train_cptnet)
     tv = tsub.add_parser("features", help="the VGG19-shaped feature network for perceptual losses, on a synthetic "
                                           "dataset (identity classification + rig regression)")
     tv.add_argument("--data", required=True, help="dataset folder written by keyface synth")

@@ -201,6 +201,8 @@ class RunTrainer:
 
     method = ""
     config_class = RunConfig
+    generator_class = None      # the generator module, built from its config class
+    model_config_class = None
     modes: tuple = ("supervised",)
 
     def __init__(self, cfg, run_dir, device: str = "auto", resume: bool = False, log=print):
@@ -256,7 +258,7 @@ class RunTrainer:
 
     @classmethod
     def load_generator(cls, path, device="cpu"):
-        raise NotImplementedError
+        return load_weights(path, lambda m: cls.generator_class(cls.model_config_class(**m)), cls.method, device)
 
     def save_generator(self, path, extra: dict) -> None:
         save_weights(self.modules["generator"], path, self.method, extra)

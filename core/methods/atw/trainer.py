@@ -22,7 +22,6 @@ from ...training import (
     composite,
     from_net,
     load_split,
-    load_weights,
     lr_factor,
     save_weights,
     ssim,
@@ -140,17 +139,15 @@ def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
 
 
 def load_generator(path, device="cpu") -> Generator:
-    return load_weights(path, lambda m: Generator(ATWConfig(**m)), "atw", device)
+    return Trainer.load_generator(path, device)
 
 
 class Trainer(RunTrainer):
     method = "atw"
     config_class = TrainConfig
+    generator_class = Generator
+    model_config_class = ATWConfig
     modes = MODES
-
-    @classmethod
-    def load_generator(cls, path, device="cpu"):
-        return load_generator(path, device)
 
     def build(self) -> None:
         cfg = self.cfg

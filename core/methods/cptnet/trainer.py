@@ -20,7 +20,6 @@ from ...training import (
     composite,
     from_net,
     load_split,
-    load_weights,
     save_weights,
     ssim,
     to_net,
@@ -61,7 +60,7 @@ def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
 
 
 def load_generator(path, device="cpu") -> Generator:
-    return load_weights(path, lambda m: Generator(CPTNetConfig(**m)), "cptnet", device)
+    return Trainer.load_generator(path, device)
 
 
 def metrics(out: np.ndarray, target: np.ndarray) -> dict:
@@ -125,11 +124,9 @@ def format_eval(rows: dict) -> str:
 class Trainer(RunTrainer):
     method = "cptnet"
     config_class = TrainConfig
+    generator_class = Generator
+    model_config_class = CPTNetConfig
     modes = MODES
-
-    @classmethod
-    def load_generator(cls, path, device="cpu"):
-        return load_generator(path, device)
 
     def build(self) -> None:
         from ...features import load_features

@@ -366,6 +366,34 @@ def cmd_train_features(args, out) -> int:
     return 0
 
 
+def cmd_eval_atw(args, out) -> int:
+    from .methods.atw.evaluate import evaluate_render
+    from .methods.atw.runtime import ATWRuntime
+    from .methods.atw.trainer import format_eval
+    from .synth.dataset import load_manifest
+
+    seeds = load_manifest(args.data)["splits"]["test"][:args.characters]
+    rows = evaluate_render(ATWRuntime(args.weights, args.device), seeds, args.size)
+    out.write(f"ATW through the render path: {len(seeds)} held-out characters of {args.data} at {args.size}², "
+              "face box\n" + format_eval(rows) + "\n")
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_eval_cptnet(args, out) -> int:
+    from .methods.cptnet.trainer import ablation
+
+    rows = ablation(args.weights, args.data, args.device, out=out)
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
+    return 0
+
+
 def cmd_krita(args, out) -> int:
     from keyface.addon.krita import install
 
@@ -559,6 +587,23 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--steps", type=_positive_int, default=3000)
     tf.add_argument("--seed", type=int, default=0)
     tf.set_defaults(run=cmd_train_facebox)
+
+    ev = sub.add_parser("eval", help="evaluate trained generators on held-out synthetic characters")
+    evsub = ev.add_subparsers(dest="eval_command", required=True, metavar="METHOD")
+    ea = evsub.add_parser("atw", help="through the whole render path (face-box PSNR / SSIM vs the identity baseline)")
+    ea.add_argument("weights", help="generator weights (.safetensors with its .json)")
+    ea.add_argument("--data", required=True, help="the dataset it was trained on (its test characters are used)")
+    ea.add_argument("--characters", type=_positive_int, default=12, help="held-out characters (default 12)")
+    ea.add_argument("--size", type=_positive_int, default=512, help="character image size (default 512)")
+    ea.add_argument("--device", default="cpu")
+    ea.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ea.set_defaults(run=cmd_eval_atw)
+    ec = evsub.add_parser("cptnet", help="the ablation table (seed 000 Table 1: L1, RMSE, SSIM) on the test split")
+    ec.add_argument("weights", nargs="+", help="one generator per variant (runs of equal budget)")
+    ec.add_argument("--data", required=True, help="dataset (its test split: held-out characters)")
+    ec.add_argument("--device", default="cpu")
+    ec.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ec.set_defaults(run=cmd_eval_cptnet)
 
     k = sub.add_parser("krita", help="install or remove the Krita plugin (a keyface docker)")
     ksub = k.add_subparsers(dest="krita_command", required=True, metavar="ACTION")

@@ -182,3 +182,13 @@ def test_validation_characters_best_checkpoint_schedule_and_init(tiny_data, tmp_
         assert torch.equal(v, ref[k]), k
     with pytest.raises(KeyfaceError, match="lr schedule"):
         Trainer(_cfg(tiny_data, lr_schedule="steps"), tmp_path / "bad", device="cpu")
+
+
+def test_cli_eval_atw(tiny_data, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_generator(Generator(TINY), tmp_path / "g.safetensors")
+    assert main(["eval", "atw", str(tmp_path / "g.safetensors"), "--data", str(tiny_data), "--characters", "1",
+                 "--size", "160", "--json", str(tmp_path / "e.json")]) == 0
+    assert "held-out characters" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "e.json").read_text())
+    assert set(rows) == {"blink", "mouth open", "smile"} and rows["blink"]["psnr_identity"] > 10

@@ -180,3 +180,22 @@ def test_render_path_with_residual_weights(tmp_path):
     assert not np.array_equal(turned, img) and np.array_equal(turned[outside], img[outside])
     _, _, weights = job._generate(np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
     assert weights is not None and weights.shape == (1, 64, 64)
+
+
+def test_ablation_table(tiny_data, tmp_path, capsys):
+    from keyface.core.cli import main
+    from keyface.core.methods.cptnet.trainer import save_generator
+
+    paths = []
+    for variant in ("mask+grid+ms", "grid"):  # given out of order: the table uses the paper's order
+        torch.manual_seed(0)
+        path = tmp_path / f"{variant}.safetensors"
+        save_generator(Generator(tiny(variant)), path, {"steps": 7})
+        paths.append(str(path))
+    assert main(["eval", "cptnet", *paths, "--data", str(tiny_data), "--json", str(tmp_path / "t.json")]) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith(("identity", "ours"))]
+    assert [ln.split()[0:2] for ln in lines] == [["identity", "(input)"], ["ours", "(grid)"], ["ours", "(mask+grid+ms)"]]
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["variant"] for r in rows] == ["grid", "mask+grid+ms"] and all(0 <= r["ssim"] <= 1 for r in rows)
+    assert all(r["l1"] > 0 and r["rmse"] >= r["l1"] for r in rows)  # RMSE ≥ mean |error| always

@@ -9,7 +9,9 @@ rate decayed linearly to zero over the last 100,000 of 600,000 iterations (here 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -182,3 +184,31 @@ class Trainer(RunTrainer):
 
     def format_eval(self, result: dict) -> str:
         return format_eval(result)
+
+
+TABLE1_ORDER = ("mask", "grid", "mask+grid", "mask+grid+ms")
+
+
+def ablation(weights: list, data, device="cpu", out=None) -> list[dict]:
+    """Seed 000's Table 1 on the test split of a dataset (held-out characters, their sampled poses): L1, RMSE and SSIM
+    of each model (one per variant, from runs of equal budget), plus the identity baseline, in the paper's row order.
+    Returns the rows; writes a table to ``out`` when given."""
+    cols = load_split(data, "test", ("rest", "posed", "param_pose5"))
+    rows, base = [], None
+    dev = torch.device(device)
+    for path in weights:
+        gen = load_generator(path, dev)
+        r = evaluate_pairs(gen, cols["rest"], cols["posed"], cols["param_pose5"], dev)
+        base = r["identity"]
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        rows.append({"variant": gen.cfg.variant, "k": gen.cfg.steps, "weights": str(path),
+                     "steps": meta.get("steps"), **r["ours"]})
+    rows.sort(key=lambda r: TABLE1_ORDER.index(r["variant"]))
+    if out is not None:
+        out.write(f"CPTNet ablation on {len(cols['rest'])} held-out pairs ({data}, test split)\n")
+        out.write(f"{'method':<22} {'steps':>6} {'L1 ↓':>8} {'RMSE ↓':>8} {'SSIM ↑':>8}\n")
+        out.write(f"{'identity (input)':<22} {'':>6} {base['l1']:8.4f} {base['rmse']:8.4f} {base['ssim']:8.4f}\n")
+        for r in rows:
+            name = f"ours ({r['variant']})"
+            out.write(f"{name:<22} {r['steps'] or '':>6} {r['l1']:8.4f} {r['rmse']:8.4f} {r['ssim']:8.4f}\n")
+    return rows

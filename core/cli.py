@@ -366,6 +366,61 @@ def cmd_train_features(args, out) -> int:
     return 0
 
 
+def cmd_distill(args, out) -> int:
+    import shutil
+
+    import torch
+    from tqdm import tqdm
+
+    from .imageio import read_image
+    from .methods.tha4.convention import to_official
+    from .methods.tha4.distill import DistillConfig, Distiller, face_box
+    from .models import get_model
+
+    info = get_model(args.teacher)
+    if info.method != "tha4":
+        raise KeyfaceError(f"{args.teacher} is not a THA4 model (a teacher is tha4-student:FOLDER for now)")
+    teacher = info.load(args.device).student
+    img = read_image(args.image)
+    if img.shape != (512, 512, 4) or img.dtype != np.uint8:
+        raise KeyfaceError(f"{args.image}: THA4 distills a 512×512 8-bit RGBA character image, got "
+                           f"{img.shape[1]}×{img.shape[0]} {img.dtype}")
+    mask = None
+    if args.face_mask:
+        m = read_image(args.face_mask)
+        if m.shape[:2] != (512, 512):
+            raise KeyfaceError(f"{args.face_mask}: the face mask must be 512×512 like the character")
+        y0, y1, x0, x1 = face_box(512)
+        m = m[y0:y1, x0:x1, :3].max(axis=2) if m.ndim == 3 else m[y0:y1, x0:x1]
+        mask = torch.from_numpy((m > (m.max() / 2)).astype(np.float32))[None, None]
+    cfg = DistillConfig(face_examples=args.face_examples, body_examples=args.body_examples, batch=args.batch,
+                        seed=args.seed, eval_poses=args.eval_poses)
+    d = Distiller(teacher, to_official(img), mask, args.out, cfg, device=str(teacher.device),
+                  log=lambda m: tqdm.write(m, file=out))
+    shutil.copyfile(args.image, Path(args.out) / "character.png")
+    total = cfg.face_examples + cfg.body_examples
+    bar = tqdm(total=total, initial=d.face_seen + d.body_seen, unit="ex", desc="distill", disable=args.quiet)
+    terminated = _stop_on_sigterm()
+
+    def progress(seen, logs):
+        bar.update(seen - bar.n)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("face_loss", "body_loss")})
+
+    try:
+        record = d.run(progress, should_stop=lambda: bool(terminated))
+    except KeyboardInterrupt:
+        d.save()
+        record = None
+    bar.close()
+    if record is None:
+        out.write("interrupted; checkpoint saved, run the same command again to continue\n")
+        return 130
+    r = record["student_vs_teacher"]
+    out.write(f"character model in {args.out}: student vs teacher PSNR {r['psnr_mean']:.2f} dB over {r['poses']} "
+              f"poses (min {r['psnr_min']:.2f}); use it with --model tha4-student:{args.out}\n")
+    return 0
+
+
 def cmd_eval_atw(args, out) -> int:
     from .methods.atw.evaluate import evaluate_render
     from .methods.atw.runtime import ATWRuntime
@@ -587,6 +642,21 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--steps", type=_positive_int, default=3000)
     tf.add_argument("--seed", type=int, default=0)
     tf.set_defaults(run=cmd_train_facebox)
+
+    di = sub.add_parser("distill", help="distill a THA4 teacher into a character model for one image (seed 001 §5)")
+    di.add_argument("--teacher", required=True, help="the teacher: tha4-student:FOLDER (a THA4 character model)")
+    di.add_argument("--image", required=True, help="the character: 512×512 RGBA PNG in the THA framing")
+    di.add_argument("--face-mask", help="512×512 mask of the movable facial parts (white), for the λ_fm = 20 term")
+    di.add_argument("--out", required=True, help="character model folder (resumes when it holds a checkpoint)")
+    di.add_argument("--face-examples", type=_positive_int, default=1_000_000, help="the paper: 1,000,000")
+    di.add_argument("--body-examples", type=_positive_int, default=1_500_000, help="the paper: 1,500,000")
+    di.add_argument("--batch", type=_positive_int, default=8)
+    di.add_argument("--eval-poses", type=_positive_int, default=1000, help="poses for the final student-vs-teacher "
+                                                                           "PSNR (the paper: 1,000)")
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    di.add_argument("--quiet", action="store_true", help="no progress bar")
+    di.set_defaults(run=cmd_distill)
 
     ev = sub.add_parser("eval", help="evaluate trained generators on held-out synthetic characters")
     evsub = ev.add_subparsers(dest="eval_command", required=True, metavar="METHOD")

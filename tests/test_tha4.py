@@ -68,7 +68,7 @@ def test_loader_errors(tmp_path):
     with pytest.raises(KeyfaceError, match="not an official THA4 student face morpher"):
         StudentWeights.load(tmp_path)
     (tmp_path / "face_morpher.pt").write_bytes(b"not a torch file")
-    with pytest.raises(KeyfaceError, match="cannot read"):
+    with pytest.raises(KeyfaceError, match="cannot read the face morpher"):
         StudentWeights.load(tmp_path)
 
 
@@ -109,3 +109,80 @@ def test_pose_command_with_an_official_character(tha4, tmp_path, capsys):
     assert main(["pose", str(folder / "character.png"), "--model", "atw-au17", "--raw", str(tmp_path / "r.npy"),
                  "--box", "192,80,128,128", "--out", str(tmp_path / "y.png")]) == 2
     assert "no raw output" in capsys.readouterr().err
+
+
+def _tiny_teacher(size, seed=1):
+    from keyface.core.methods.tha4.distill import SirenBodyMorpher, SirenFaceMorpher, body_formation, face_box
+
+    torch.manual_seed(seed)
+    tface, tbody = SirenFaceMorpher(size // 4), SirenBodyMorpher(size)
+    y0, y1, x0, x1 = face_box(size)
+
+    def teacher(image, pose):
+        face = tface(pose)
+        img = image.expand(len(pose), -1, -1, -1).clone()
+        img[:, :, y0:y1, x0:x1] = face
+        return {"face": face, "face_image": img, **body_formation(tbody(pose), img)}
+
+    return teacher
+
+
+def test_distillation_trains_both_students_resumes_and_writes_a_character_model(tmp_path):
+    from keyface.core.methods.tha4.distill import DistillConfig, Distiller
+
+    size = 64
+    image = torch.rand(1, 4, size, size) * 2 - 1
+    mask = torch.zeros(1, 1, size // 4, size // 4)
+    mask[..., 4:12, 3:13] = 1
+    cfg = DistillConfig(face_examples=4 * 60, body_examples=4 * 60, batch=4, size=size, eval_poses=8)
+    teacher = _tiny_teacher(size)
+    d = Distiller(teacher, image, mask, tmp_path / "model", cfg, log=lambda m: None)
+    stops = iter([False] * 30 + [True])
+    assert d.run(should_stop=lambda: next(stops)) is None          # interrupted: checkpoint, no model yet
+    assert (d.face_seen, d.body_seen) == (120, 120) and not (tmp_path / "model" / "distill.json").exists()
+    d2 = Distiller(teacher, image, mask, tmp_path / "model", cfg, log=lambda m: None)
+    assert (d2.face_seen, d2.body_seen) == (120, 120)               # resumed
+    record = d2.run()
+    logs = [json.loads(x) for x in (tmp_path / "model" / "distill_log.jsonl").read_text().splitlines()]
+    for key in ("face_loss", "body_final"):  # (the weighted body loss changes with the phases)
+        first, last = np.mean([r[key] for r in logs[:5]]), np.mean([r[key] for r in logs[-5:]])
+        assert last < 0.7 * first, (key, first, last)
+    assert record["face_examples"] == record["body_examples"] == 240
+    assert np.isfinite(record["student_vs_teacher"]["psnr_mean"])
+    for name in ("face_morpher.safetensors", "body_morpher.safetensors", "character_model.yaml", "distill.json"):
+        assert (tmp_path / "model" / name).exists()
+
+
+def test_trained_modules_are_official_format_and_the_fast_evaluator_reads_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from keyface.core.methods.tha4.distill import SirenBodyMorpher, SirenFaceMorpher, body_formation
+
+    torch.manual_seed(0)
+    face, body = SirenFaceMorpher(128), SirenBodyMorpher(512)
+    for name, m in (("face", face), ("body", body)):
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / f"{name}_morpher.safetensors"))
+    w = StudentWeights.load(tmp_path)
+    image = torch.rand(1, 4, 512, 512) * 2 - 1
+    pose = torch.rand(1, 45)
+    fast = Student(w)(image, pose)
+    with torch.no_grad():
+        img = image.clone()
+        img[:, :, 80:208, 192:320] = face(pose)
+        ref = body_formation(body(pose), img)["image"]
+    assert torch.allclose(fast["image"], ref, atol=2e-3)
+
+
+def test_distill_command_checks_its_inputs(tha4, tmp_path, capsys):
+    from PIL import Image
+
+    from keyface.core.cli import main
+
+    folder = tha4 / "character_models" / "lambda_00"
+    Image.new("RGBA", (300, 200)).save(tmp_path / "small.png")
+    assert main(["distill", "--teacher", f"tha4-student:{folder}", "--image", str(tmp_path / "small.png"),
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "512×512 8-bit RGBA" in capsys.readouterr().err
+    assert main(["distill", "--teacher", "atw-au17", "--image", str(folder / "character.png"),
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "not a THA4 model" in capsys.readouterr().err

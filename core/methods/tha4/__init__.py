@@ -20,7 +20,8 @@ def load(info: ModelInfo, device: str = "cpu"):
 
 def family(arg: str) -> ModelInfo:
     folder = Path(arg).expanduser()
-    missing = [n for n in ("face_morpher.pt", "body_morpher.pt") if not (folder / n).exists()]
+    missing = [f"{k}_morpher.pt" for k in ("face", "body")
+               if not any((folder / f"{k}_morpher{ext}").exists() for ext in (".pt", ".safetensors"))]
     if missing:
         raise KeyfaceError(f"{folder} is not a THA4 character model folder (no {', '.join(missing)})")
     return ModelInfo(f"{PREFIX}:{arg}", "tha4", "tha45", f"THA4 student character model {folder.name}, 512²",

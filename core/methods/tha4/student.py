@@ -76,19 +76,26 @@ class StudentWeights:
 
     @classmethod
     def load(cls, folder) -> StudentWeights:
-        """An official character model folder (``face_morpher.pt``, ``body_morpher.pt``; ``torch.load`` with
-        ``weights_only=True``, mapped to the CPU)."""
+        """A character model folder: the official ``face_morpher.pt`` / ``body_morpher.pt`` (``torch.load`` with
+        ``weights_only=True``, mapped to the CPU) or keyface's ``.safetensors`` of the same state dicts."""
         folder = Path(folder)
         sds = {}
         for kind in ("face", "body"):
-            path = folder / f"{kind}_morpher.pt"
-            if not path.exists():
-                raise KeyfaceError(f"{path} not found (an official THA4 character model has face_morpher.pt and "
-                                   "body_morpher.pt)")
+            pt, st = folder / f"{kind}_morpher.pt", folder / f"{kind}_morpher.safetensors"
             try:
-                sds[kind] = torch.load(path, weights_only=True, map_location="cpu")
+                if st.exists():
+                    from safetensors.torch import load_file
+
+                    sds[kind] = load_file(str(st), device="cpu")
+                elif pt.exists():
+                    sds[kind] = torch.load(pt, weights_only=True, map_location="cpu")
+                else:
+                    raise KeyfaceError(f"{pt} not found (a THA4 character model has face_morpher.pt and "
+                                       "body_morpher.pt, or keyface's .safetensors of them)")
+            except KeyfaceError:
+                raise
             except Exception as exc:  # any unpickling problem means a bad file for the user
-                raise KeyfaceError(f"cannot read {path}: {exc}") from None
+                raise KeyfaceError(f"cannot read the {kind} morpher in {folder}: {exc}") from None
             _check_official(sds[kind], kind)
         f, b = sds["face"], sds["body"]
 
@@ -104,14 +111,14 @@ class StudentWeights:
 def compose(image: torch.Tensor, face_patch: torch.Tensor, body_out: torch.Tensor) -> dict:
     """The official image formation from the body morpher's 7 channels at 512²."""
     y0, y1, x0, x1 = FACE_BOX
-    img = image.clone()
+    img = image.expand(len(face_patch), -1, -1, -1).clone()
     img[:, :, y0:y1, x0:x1] = face_patch
     grid_change, alpha, color = body_out[:, 0:2], body_out[:, 2:3], body_out[:, 3:7]
     n = image.shape[-1]
     grid = (positions(n, image.device, image.dtype) + grid_change).permute(0, 2, 3, 1)
     warped = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return {"image": (1 - alpha) * warped + alpha * color, "alpha": alpha, "color_change": color,
-            "warped_image": warped, "grid_change": grid_change, "face": face_patch}
+            "warped_image": warped, "grid_change": grid_change, "face": face_patch, "face_image": img}
 
 
 class ReferenceStudent:

@@ -8,6 +8,8 @@ Warping follows keyface's flow convention (see :mod:`keyface.core.reswarp`): a b
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,7 +85,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, heads: int = 8):
         super().__init__()
-        self.norm = nn.GroupNorm(min(32, channels), channels)
+        self.norm = nn.GroupNorm(math.gcd(32, channels), channels)
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
 
     def forward(self, x):

@@ -186,3 +186,47 @@ def test_distill_command_checks_its_inputs(tha4, tmp_path, capsys):
     assert main(["distill", "--teacher", "atw-au17", "--image", str(folder / "character.png"),
                  "--out", str(tmp_path / "m")]) == 2
     assert "not a THA4 model" in capsys.readouterr().err
+
+
+def test_teacher_networks_shapes_gradients_and_losses(tmp_path):
+    from keyface.core.features import FeatureConfig, FeatureNet
+    from keyface.core.methods.tha4.teacher import (
+        EDITOR,
+        HALF_ROTATOR,
+        Editor,
+        HalfResolutionRotator,
+        UNetConfig,
+        editor_loss,
+        quadrants,
+        rotator_loss,
+    )
+
+    assert (HALF_ROTATOR.size, HALF_ROTATOR.base, HALF_ROTATOR.mults) == (256, 64, (1, 2, 4, 4, 4))  # Table 8
+    assert (EDITOR.size, EDITOR.base, EDITOR.mults) == (512, 32, (1, 2, 4, 8, 8, 8))
+    torch.manual_seed(0)
+    cfg = UNetConfig(size=32, base=8, mults=(1, 2), attention_res=16, heads=2, bottleneck=2)
+    rot = HalfResolutionRotator(cfg)
+    assert sum(isinstance(m, torch.nn.MultiheadAttention) for m in rot.modules()) == 3  # 16²: down, up, 1 mid
+    img = torch.rand(2, 4, 32, 32) * 2 - 1
+    pose = torch.rand(2, 6) * 2 - 1
+    out = rot(img, pose)
+    assert torch.allclose(out["warped"], img, atol=1e-5)         # zero-initialised flow: the identity warp
+    assert torch.allclose(out["blended"], (1 - out["alpha"]) * out["warped"] + out["alpha"] * out["direct"])
+    feats = FeatureNet(FeatureConfig(width=0.125))
+    posed = torch.rand(2, 4, 32, 32) * 2 - 1
+    l1_only = rotator_loss(out, posed)
+    assert set(l1_only) == {"l1_warped", "l1_direct", "l1_blended", "total"}
+    full = rotator_loss(out, posed, percept=0.2, features=feats)
+    assert torch.allclose(full["total"], l1_only["total"] + 0.2 * (full["percept_warped"] + full["percept_direct"]
+                                                                   + full["percept_blended"]))
+    full["total"].backward()
+    assert all(p.grad is not None for p in rot.unet.parameters() if p.requires_grad)
+    ed = Editor(UNetConfig(size=64, base=8, mults=(1, 2, 4), attention_res=16, heads=2, bottleneck=2))
+    big = torch.rand(2, 4, 64, 64) * 2 - 1
+    plain = ed(big, pose)
+    with_coarse = ed(big, pose, out["blended"].detach(), out["flow"].detach())
+    assert plain["blended"].shape == with_coarse["blended"].shape == big.shape
+    assert not torch.allclose(plain["direct"], with_coarse["direct"])  # the coarse submodule contributes
+    e = editor_loss(with_coarse, torch.rand(2, 4, 64, 64) * 2 - 1, feats)
+    assert {"half_direct", "quad_blended"} <= set(e) and torch.isfinite(e["total"])
+    assert [q.shape[-1] for q in quadrants(big)] == [32] * 4

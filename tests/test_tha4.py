@@ -230,3 +230,20 @@ def test_teacher_networks_shapes_gradients_and_losses(tmp_path):
     e = editor_loss(with_coarse, torch.rand(2, 4, 64, 64) * 2 - 1, feats)
     assert {"half_direct", "quad_blended"} <= set(e) and torch.isfinite(e["total"])
     assert [q.shape[-1] for q in quadrants(big)] == [32] * 4
+
+
+def test_teacher_face_morpher():
+    from keyface.core.methods.tha4.teacher import FaceTeacher, FaceTeacherConfig, over
+
+    torch.manual_seed(0)
+    ft = FaceTeacher(FaceTeacherConfig(size=32, base=4, blocks=1))
+    face = torch.rand(2, 4, 32, 32) * 2 - 1
+    out = ft(face, torch.rand(2, 39))
+    assert out["out"].shape == face.shape and out["eyebrow"].shape == face.shape
+    out["out"].abs().mean().backward()
+    assert all(p.grad is not None for p in ft.parameters())
+    opaque = torch.ones(1, 4, 2, 2)                      # an opaque white top hides what is under it
+    assert torch.allclose(over(opaque, -torch.ones(1, 4, 2, 2)), opaque)
+    clear = -torch.ones(1, 4, 2, 2)                      # a transparent top shows the bottom
+    bottom = torch.rand(1, 4, 2, 2) * 2 - 1
+    assert torch.allclose(over(clear, bottom), bottom)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...blocks import AdaIN, SelfAttention, identity_grid
+from ...blocks import AdaIN, EncoderDecoder, SelfAttention, identity_grid
 
 ROTATION_DIM = 6  # head_x, head_y, neck_z, body_y, body_z, breathing (tha45 indices 39–44)
 PERCEPT_TAPS = ("conv1_2", "conv2_2", "conv3_3")
@@ -236,3 +236,86 @@ def editor_loss(out: dict, posed: torch.Tensor, features, l1: float = 1.0, perce
     total = total + percept * sum(v for k, v in terms.items() if k.startswith(("half_", "quad_")))
     terms["total"] = total
     return terms
+
+
+# ------------------------------------------------------------------------------------------------------ face morpher
+#
+# The teacher face morpher keeps THA3's design (the seed: "we will not modify this module"), three networks on the
+# 128² face crop (THA3 write-up): the *eyebrow decomposer* splits the crop into a background layer (the face with the
+# eyebrows removed and inpainted) and an eyebrow layer (RGBA); the *eyebrow morphing combiner* warps and retouches the
+# eyebrow layer by the 12 eyebrow parameters and composites it over the background; the *face morpher* changes eyes,
+# irises and mouth (the other 27 of the 39 face parameters) by warp / direct / blend. Taken from THA3: the three-network
+# split, the layer decomposition and the image formation; our choice: each network is keyface's conditioned
+# encoder–decoder (:class:`keyface.core.blocks.EncoderDecoder`, the pose tiled at the input and at the bottleneck).
+
+EYEBROW_PARAMS = 12
+FACE_MORPH_PARAMS = 27
+
+
+@dataclass
+class FaceTeacherConfig:
+    size: int = 128
+    base: int = 32
+    blocks: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def over(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """Premultiplied "over" in the official convention ([−1, 1])."""
+    t, b = (top + 1) / 2, (bottom + 1) / 2
+    return (t + b * (1 - t[:, 3:4])) * 2 - 1
+
+
+class EyebrowDecomposer(nn.Module):
+    def __init__(self, cfg: FaceTeacherConfig):
+        super().__init__()
+        # outputs: background direct (4) + background alpha (1) + eyebrow layer (4)
+        self.net = EncoderDecoder(4, 9, 0, cfg.base, cfg.blocks, "instance", "relu")
+
+    def forward(self, face):
+        o = self.net(face, face.new_zeros(len(face), 0))
+        a = torch.sigmoid(o[:, 4:5])
+        background = (1 - a) * face + a * torch.tanh(o[:, :4])
+        return {"background": background, "eyebrow": torch.tanh(o[:, 5:9])}
+
+
+class EyebrowMorphingCombiner(nn.Module):
+    def __init__(self, cfg: FaceTeacherConfig):
+        super().__init__()
+        self.net = EncoderDecoder(8, cfg.base, EYEBROW_PARAMS, cfg.base, cfg.blocks, "instance", "relu")
+        self.heads = Heads(cfg.base)
+
+    def forward(self, background, eyebrow, pose12):
+        out = self.heads(self.net(torch.cat([background, eyebrow], 1), pose12), eyebrow)
+        out["combined"] = over(out["blended"], background)
+        return out
+
+
+class FaceMorpherNet(nn.Module):
+    def __init__(self, cfg: FaceTeacherConfig):
+        super().__init__()
+        self.net = EncoderDecoder(4, cfg.base, FACE_MORPH_PARAMS, cfg.base, cfg.blocks, "instance", "relu")
+        self.heads = Heads(cfg.base)
+
+    def forward(self, face, pose27):
+        return self.heads(self.net(face, pose27), face)
+
+
+class FaceTeacher(nn.Module):
+    """The 128² face crop + pose[0:39] → the morphed crop (and every intermediate, for training)."""
+
+    def __init__(self, cfg: FaceTeacherConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or FaceTeacherConfig()
+        self.decomposer = EyebrowDecomposer(cfg)
+        self.combiner = EyebrowMorphingCombiner(cfg)
+        self.morpher = FaceMorpherNet(cfg)
+
+    def forward(self, face, pose) -> dict:
+        layers = self.decomposer(face)
+        comb = self.combiner(layers["background"], layers["eyebrow"], pose[:, :EYEBROW_PARAMS])
+        morphed = self.morpher(comb["combined"], pose[:, EYEBROW_PARAMS:EYEBROW_PARAMS + FACE_MORPH_PARAMS])
+        return {"background": layers["background"], "eyebrow": layers["eyebrow"], "combined": comb["combined"],
+                "out": morphed["blended"], "flow": morphed["flow"]}

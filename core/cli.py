@@ -346,6 +346,29 @@ def cmd_train_cptnet(args, out) -> int:
     return _run_training(trainer, args, out)
 
 
+def cmd_train_tha4_teacher(args, out) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from .methods.tha4.teacher import EDITOR, HALF_ROTATOR, FaceTeacherConfig
+    from .methods.tha4.train_teacher import TeacherConfig, TeacherTrainer
+
+    if args.stage == "face":
+        model = FaceTeacherConfig(base=args.base or 32)
+    else:
+        model = HALF_ROTATOR if args.stage == "rotator" else EDITOR
+        mults = tuple(int(m) for m in args.mults.split(",")) if args.mults else model.mults
+        model = replace(model, base=args.base or model.base, mults=mults)
+    cfg = TeacherConfig(data=args.data, steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
+                        beta1=0.5, warmup_steps=max(1, 5000 // args.batch), eval_every=args.eval_every,
+                        eval_characters=args.eval_characters, stage=args.stage, model=model,
+                        features=args.features or "", rotator=args.rotator or "")
+    trainer = TeacherTrainer(cfg, args.out, device=args.device, resume=args.resume,
+                             log=lambda msg: tqdm.write(msg, file=out))
+    return _run_training(trainer, args, out)
+
+
 def cmd_train_features(args, out) -> int:
     from tqdm import tqdm
 
@@ -377,10 +400,17 @@ def cmd_distill(args, out) -> int:
     from .methods.tha4.distill import DistillConfig, Distiller, face_box
     from .models import get_model
 
-    info = get_model(args.teacher)
-    if info.method != "tha4":
-        raise KeyfaceError(f"{args.teacher} is not a THA4 model (a teacher is tha4-student:FOLDER for now)")
-    teacher = info.load(args.device).student
+    kind, _, folder = args.teacher.partition(":")
+    if kind == "tha4-teacher" and folder:
+        from .methods.tha4.train_teacher import TeacherPipeline
+        from .training import pick_device
+
+        teacher = TeacherPipeline(folder, pick_device(args.device))
+    elif kind == "tha4-student" and folder:
+        teacher = get_model(args.teacher).load(args.device).student
+    else:
+        raise KeyfaceError(f"{args.teacher}: a teacher is tha4-teacher:FOLDER (keyface's teacher: face, rotator and "
+                           "editor .safetensors) or tha4-student:FOLDER (a THA4 character model)")
     img = read_image(args.image)
     if img.shape != (512, 512, 4) or img.dtype != np.uint8:
         raise KeyfaceError(f"{args.image}: THA4 distills a 512×512 8-bit RGBA character image, got "
@@ -546,8 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--framing", choices=("full", "face", "head"), default="full",
                    help="full: upper body in the THA placement; face: the face box fills the image; head: the head "
                         "with its hair, room to turn (CPTNet)")
-    y.add_argument("--poses", choices=("all", "expression"), default="all",
-                   help="expression: head and body stay at rest (for expression generators)")
+    y.add_argument("--poses", choices=("all", "expression", "rotation"), default="all",
+                   help="expression: head and body stay at rest (expression generators); rotation: the face stays at "
+                        "rest (THA's body rotator)")
     y.add_argument("--project", metavar="SCHEMA", help="keep only expressions this schema represents (e.g. au17)")
     y.add_argument("--workers", type=int, help="processes (default: one per core)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -625,6 +656,16 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--decay-steps", type=int, default=None,
                     help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
     tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
+    th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "
+                                              "dataset (keyface synth --framing full --project tha45)")
+    run_args(th, 16, "Adam learning rate after the 5,000-example warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)
+    th.add_argument("--stage", choices=("face", "rotator", "editor"), required=True,
+                    help="face: the face morpher (data --poses expression); rotator: the half-resolution rotator; "
+                         "editor: the editor (data --poses rotation)")
+    th.add_argument("--rotator", metavar="WEIGHTS", help="editor: the trained rotator's generator.safetensors")
+    th.add_argument("--base", type=_positive_int, help="base channels (Table 8: rotator 64, editor 32; face 32)")
+    th.add_argument("--mults", metavar="A,B,…", help="U-Net channel multipliers (Table 8 by default)")
+    th.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
     tv = tsub.add_parser("features", help="the VGG19-shaped feature network for perceptual losses, on a synthetic "
                                           "dataset (identity classification + rig regression)")
     tv.add_argument("--data", required=True, help="dataset folder written by keyface synth")
@@ -644,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     tf.set_defaults(run=cmd_train_facebox)
 
     di = sub.add_parser("distill", help="distill a THA4 teacher into a character model for one image (seed 001 §5)")
-    di.add_argument("--teacher", required=True, help="the teacher: tha4-student:FOLDER (a THA4 character model)")
+    di.add_argument("--teacher", required=True, help="tha4-teacher:FOLDER (keyface's teacher) or "
+                                                     "tha4-student:FOLDER (a THA4 character model)")
     di.add_argument("--image", required=True, help="the character: 512×512 RGBA PNG in the THA framing")
     di.add_argument("--face-mask", help="512×512 mask of the movable facial parts (white), for the λ_fm = 20 term")
     di.add_argument("--out", required=True, help="character model folder (resumes when it holds a checkpoint)")

@@ -11,7 +11,8 @@ Evaluations use *validation* characters: drawn from their own seed stream and ch
 dataset, so choosing a checkpoint never looks at the test characters the model card reports on.
 
 Learning-rate schedules: ``constant``; ``cosine`` from ``lr`` down to ``lr × lr_min_fraction`` at ``steps``;
-``linear_tail``: constant, then linear to zero over the last ``decay_steps`` (StarGAN's and CPTNet's schedule).
+``linear_tail``: constant, then linear to zero over the last ``decay_steps`` (StarGAN's and CPTNet's schedule); any of
+them after a linear warm-up over ``warmup_steps`` (THA4's teachers).
 """
 
 from __future__ import annotations
@@ -172,17 +173,19 @@ class RunConfig:
     lr_schedule: str = "constant"
     lr_min_fraction: float = 0.05
     decay_steps: int = 0
+    warmup_steps: int = 0   # linear warm-up from 0 over these steps, on top of the schedule (THA4: 5,000 examples)
     init: str = ""
 
 
 def lr_factor(cfg: RunConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     if cfg.lr_schedule == "constant":
-        return 1.0
+        return warm
     if cfg.lr_schedule == "cosine":
         t = min(step / max(cfg.steps, 1), 1.0)
-        return cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+        return warm * (cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
     start = cfg.steps - cfg.decay_steps
-    return 1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.decay_steps, 1))
+    return warm * (1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.decay_steps, 1)))
 
 
 def _prefixed(prefix: str, module) -> dict:

@@ -185,7 +185,7 @@ def test_distill_command_checks_its_inputs(tha4, tmp_path, capsys):
     assert "512×512 8-bit RGBA" in capsys.readouterr().err
     assert main(["distill", "--teacher", "atw-au17", "--image", str(folder / "character.png"),
                  "--out", str(tmp_path / "m")]) == 2
-    assert "not a THA4 model" in capsys.readouterr().err
+    assert "a teacher is tha4-teacher" in capsys.readouterr().err
 
 
 def test_teacher_networks_shapes_gradients_and_losses(tmp_path):
@@ -247,3 +247,57 @@ def test_teacher_face_morpher():
     clear = -torch.ones(1, 4, 2, 2)                      # a transparent top shows the bottom
     bottom = torch.rand(1, 4, 2, 2) * 2 - 1
     assert torch.allclose(over(clear, bottom), bottom)
+
+
+@pytest.fixture(scope="module")
+def teacher_data(tmp_path_factory):
+    from keyface.core.features import train_features
+    from keyface.core.synth.dataset import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("tha4_teacher")
+    for kind in ("expression", "rotation"):
+        write_dataset(root / kind, SynthConfig(characters=4, poses_per_character=4, size=64, seed=7,
+                                               test_fraction=0.25, framing="full", poses=kind, project="tha45"),
+                      workers=1)
+    train_features(root / "expression", root / "features.safetensors", steps=5, batch=4, width=0.125,
+                   log=lambda m: None)
+    return root
+
+
+def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_path):
+    import shutil
+
+    from keyface.core.methods.tha4.distill import DistillConfig, Distiller
+    from keyface.core.methods.tha4.teacher import FaceTeacherConfig, UNetConfig
+    from keyface.core.methods.tha4.train_teacher import TeacherConfig, TeacherPipeline, TeacherTrainer
+
+    feats = str(teacher_data / "features.safetensors")
+    unet = UNetConfig(base=8, mults=(1, 2), heads=2, bottleneck=2)
+    common = dict(steps=3, batch=2, eval_every=3, eval_characters=1, features=feats, warmup_steps=2)
+    runs = {}
+    for stage, data, model in (("face", "expression", FaceTeacherConfig(base=4, blocks=1)),
+                               ("rotator", "rotation", unet), ("editor", "rotation", unet)):
+        extra = {"rotator": str(runs["rotator"] / "generator.safetensors")} if stage == "editor" else {}
+        if stage == "editor":
+            common["steps"] = 4  # phases 1–2 for 2 steps, then the coarse inputs (phase 3)
+        cfg = TeacherConfig(data=str(teacher_data / data), stage=stage, model=model, **common, **extra)
+        tr = TeacherTrainer(cfg, tmp_path / stage, device="cpu", log=lambda m: None)
+        result = tr.fit()
+        assert np.isfinite(result["psnr"]) and result["psnr_identity"] > 0
+        runs[stage] = tmp_path / stage
+    assert tr.gen.cfg.size == 64 and TeacherTrainer.load_stage(runs["rotator"] / "generator.safetensors").cfg.size == 32
+    logs = [json.loads(x) for x in (runs["editor"] / "log.jsonl").read_text().splitlines() if '"total"' in x]
+    assert "quad_blended" not in logs[0] and "quad_blended" in logs[-1]      # phase 3 adds L_ED's terms
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    for stage in ("face", "rotator", "editor"):
+        for ext in (".safetensors", ".json"):
+            shutil.copy(runs[stage] / f"generator{ext}", folder / f"{stage}{ext}")
+    teacher = TeacherPipeline(folder)
+    image = torch.rand(1, 4, 64, 64) * 2 - 1
+    out = teacher(image, torch.rand(2, 45))
+    assert out["image"].shape == (2, 4, 64, 64) and out["face"].shape == (2, 4, 16, 16)
+    d = Distiller(teacher, image, None, tmp_path / "student", DistillConfig(face_examples=4, body_examples=4, batch=2,
+                                                                            size=64, eval_poses=2), log=lambda m: None)
+    record = d.run()
+    assert record["body_examples"] == 4 and np.isfinite(record["student_vs_teacher"]["psnr_mean"])

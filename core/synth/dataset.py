@@ -32,6 +32,7 @@ from .render import FRAMINGS
 from .sample import SCHEMAS, PairRenderer, sample_pose
 
 FORMAT = 1
+POSE_SETS = ("all", "expression", "rotation")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class SynthConfig:
     test_fraction: float = 0.1
     characters_per_shard: int = 16
     framing: str = "full"        # "full": upper body, THA placement; "face": the face box fills the image
-    poses: str = "all"           # "all" or "expression" (head and body at rest)
+    poses: str = "all"           # "all", "expression" (head and body at rest) or "rotation" (face at rest)
     project: str | None = None   # schema the expression must be representable in (e.g. au17), or None
 
     def check(self) -> SynthConfig:
@@ -55,8 +56,8 @@ class SynthConfig:
             raise KeyfaceError("test fraction must be in [0, 1)")
         if self.framing not in FRAMINGS:
             raise KeyfaceError(f"framing must be one of {', '.join(FRAMINGS)}")
-        if self.poses not in ("all", "expression"):
-            raise KeyfaceError("poses must be 'all' or 'expression'")
+        if self.poses not in POSE_SETS:
+            raise KeyfaceError(f"poses must be one of {', '.join(POSE_SETS)}")
         if self.project is not None:
             get_schema(self.project)
         return self
@@ -66,16 +67,19 @@ class SynthConfig:
 
 
 def pose_for(values: dict, poses: str = "all", project: str | None = None) -> dict:
-    """Restrict a sampled pose: ``expression`` keeps head and body at rest; ``project`` passes the pose through a
-    schema and back (e.g. au17: bilateral, no gaze, no head motion; pose5: eyes, mouth, head pitch and yaw only), so
-    that the schema's values determine the image."""
+    """Restrict a sampled pose: ``expression`` keeps head and body at rest, ``rotation`` the face; ``project``
+    passes the pose through a schema and back (e.g. au17: bilateral, no gaze, no head motion; pose5: eyes, mouth, head
+    pitch and yaw only), so that the schema's values determine the image."""
     if project is not None:
         names = character_schema().names
         vec = np.array([values.get(n, 0.0) for n in names])
         back = convert(convert(vec, "character", project), project, "character")
         values = {n: float(v) for n, v in zip(names, back, strict=True)}
+    motion = lambda n: n.startswith(("head_", "body_")) or n == "breathing"  # noqa: E731
     if poses == "expression":
-        values = {n: (0.0 if n.startswith(("head_", "body_")) or n == "breathing" else v) for n, v in values.items()}
+        values = {n: (0.0 if motion(n) else v) for n, v in values.items()}
+    elif poses == "rotation":
+        values = {n: (v if motion(n) else 0.0) for n, v in values.items()}
     return values
 
 

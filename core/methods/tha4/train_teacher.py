@@ -1,0 +1,253 @@
+"""Training keyface's THA4 teacher on the synthetic corpus (``keyface train tha4-face | tha4-rotator | tha4-editor``),
+and the assembled teacher (``tha4-teacher:RUNS``) that ``keyface distill`` can distil.
+
+Data (``keyface synth --framing full --project tha45``; the full framing puts the face box at rows 80–207, columns
+192–319 of a 512² image, THA4's crop): ``--poses expression`` pairs train the face morpher (the face crop, rest →
+expression, conditioned on pose[0:39]); ``--poses rotation`` pairs train the body rotator (rest → turned, conditioned on
+the 6 rotation values; our choice: the rotator learns on neutral faces, the paper's dataset poses face and body
+together). Images are in the official convention (linear, premultiplied, [−1, 1]) so a distilled student runs exactly
+like an official one.
+
+Phases and schedules (App. B, as fractions of ``steps``): the rotator trains with L1 only for the first 1/19 (the
+paper's 1 of 19 epochs), then adds 0.2 × perceptual; the editor is a full-resolution rotator for 19/37 (phases 1–2:
+1 + 18 epochs), then trains with the coarse inputs of a frozen half-resolution rotator and L_ED for the rest (18
+epochs); Adam (0.5, 0.999), lr 1e-4 after a linear warm-up over 5,000 examples. The face morpher (THA3's networks;
+App. B does not cover it) uses the rotator's schedule with its L1 + perceptual terms on the final crop. Validation:
+PSNR (official convention, peak-to-peak 2) on validation characters rendered on the fly with seeded poses of the
+stage's kind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import KeyfaceError
+from ...training import RunConfig, RunTrainer, load_split, validation_seeds
+from .distill import face_box
+from .runtime import float_to_official
+from .teacher import (
+    EDITOR,
+    HALF_ROTATOR,
+    Editor,
+    FaceTeacher,
+    FaceTeacherConfig,
+    HalfResolutionRotator,
+    UNetConfig,
+    editor_loss,
+    rotator_loss,
+)
+
+STAGES = ("face", "rotator", "editor")
+
+
+@dataclass
+class TeacherConfig(RunConfig):
+    batch: int = 16
+    stage: str = "rotator"
+    model: object = None
+    features: str = ""
+    rotator: str = ""  # editor: the trained half-resolution rotator's generator.safetensors
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TeacherConfig:
+        d = dict(d)
+        d["model"] = _config_class(d["stage"])(**{k: (tuple(v) if isinstance(v, list) else v)
+                                                 for k, v in (d.get("model") or {}).items()})
+        return cls(**d)
+
+
+def _config_class(stage: str):
+    return FaceTeacherConfig if stage == "face" else UNetConfig
+
+
+def _module(stage: str, cfg):
+    return {"face": FaceTeacher, "rotator": HalfResolutionRotator, "editor": Editor}[stage](cfg)
+
+
+def psnr_official(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=0.5, mode="area")
+
+
+class TeacherTrainer(RunTrainer):
+    method = "tha4-teacher"
+    config_class = TeacherConfig
+    modes = ("supervised",)
+
+    @classmethod
+    def load_stage(cls, path, device="cpu"):
+        """A trained stage's generator.safetensors (its JSON names the stage)."""
+        import json
+        from pathlib import Path
+
+        from ...training import load_weights
+
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        stage = meta.get("stage")
+        if stage not in STAGES:
+            raise KeyfaceError(f"{path} is not a THA4 teacher stage")
+        conf = _config_class(stage)
+        return load_weights(path, lambda m: _module(stage, conf(**{k: (tuple(v) if isinstance(v, list) else v)
+                                                                  for k, v in m.items()})),
+                            "tha4-teacher", device)
+
+    @classmethod
+    def load_generator(cls, path, device="cpu"):
+        return cls.load_stage(path, device)
+
+    def build(self) -> None:
+        from ...features import load_features
+        from ...synth.dataset import load_manifest
+
+        cfg = self.cfg
+        if cfg.stage not in STAGES:
+            raise KeyfaceError(f"stage must be one of {', '.join(STAGES)}")
+        cols = load_split(cfg.data, "train", ("rest", "posed", "param_tha45"))
+        self.rest, self.posed, self.pose = cols["rest"], cols["posed"], cols["param_tha45"].astype(np.float32)
+        self.size = self.rest.shape[1]
+        if cfg.model is None:
+            cfg.model = {"face": FaceTeacherConfig(), "rotator": HALF_ROTATOR, "editor": EDITOR}[cfg.stage]
+        # the stage works at the data's scale: face crop = size/4, half-resolution rotator = size/2, editor = size
+        cfg.model = replace(cfg.model, size={"face": self.size // 4, "rotator": self.size // 2,
+                                             "editor": self.size}[cfg.stage])
+        self.gen = _module(cfg.stage, cfg.model).to(self.device)
+        self.modules = {"generator": self.gen}
+        self.opt_g = self.adam(self.gen.parameters())
+        self.optimizers = {"g": self.opt_g}
+        self.features = load_features(cfg.features or None, self.device)
+        self.coarse = None
+        if cfg.stage == "editor":
+            if not cfg.rotator:
+                raise KeyfaceError("the editor's third phase needs a trained half-resolution rotator (--rotator)")
+            self.coarse = self.load_stage(cfg.rotator, self.device)
+            for p in self.coarse.parameters():
+                p.requires_grad_(False)
+        self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
+        self.kind = "expression" if cfg.stage == "face" else "rotation"
+
+    def save_generator(self, path, extra: dict) -> None:
+        from ...training import save_weights
+
+        save_weights(self.gen, path, self.method, {**extra, "stage": self.cfg.stage})
+
+    # data -------------------------------------------------------------------------------------------------------------
+    def _inputs(self, rest_u8, posed_u8, pose):
+        x = float_to_official(rest_u8 / np.float32(255)).to(self.device)
+        y = float_to_official(posed_u8 / np.float32(255)).to(self.device)
+        p = torch.from_numpy(pose).to(self.device)
+        if self.cfg.stage == "face":
+            y0, y1, x0, x1 = face_box(self.size)
+            return x[:, :, y0:y1, x0:x1], y[:, :, y0:y1, x0:x1], p[:, :39]
+        if self.cfg.stage == "rotator":
+            return _down(x), _down(y), p[:, 39:45]
+        return x, y, p[:, 39:45]
+
+    def _forward(self, x, p, t: float):
+        stage = self.cfg.stage
+        if stage == "face":
+            out = self.gen(x, p)
+            return {"blended": out["out"], "warped": out["out"], "direct": out["out"]}
+        if stage == "rotator":
+            return self.gen(x, p)
+        if t < 19 / 37:  # phases 1–2: a full-resolution rotator
+            return self.gen(x, p)
+        with torch.no_grad():
+            half = self.coarse(_down(x), p)
+        return self.gen(x, p, half["blended"], half["flow"])
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        t = self.step / max(cfg.steps, 1)
+        idx = self.rng(self.step).integers(0, len(self.rest), cfg.batch)
+        x, y, p = self._inputs(self.rest[idx], self.posed[idx], self.pose[idx])
+        out = self._forward(x, p, t)
+        if cfg.stage == "editor" and t >= 19 / 37:
+            terms = editor_loss(out, y, self.features)
+        elif cfg.stage == "face":
+            terms = {"l1": (out["blended"] - y).abs().mean()}
+            total = terms["l1"]
+            if t >= 1 / 19:
+                from .teacher import phi
+
+                terms["percept"] = phi(self.features, out["blended"], y)
+                total = total + 0.2 * terms["percept"]
+            terms["total"] = total
+        else:
+            first = 1 / 19 if cfg.stage == "rotator" else 1 / 37
+            terms = rotator_loss(out, y, percept=0.0 if t < first else 0.2, features=self.features)
+        self.opt_g.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.opt_g.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    # evaluation -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from ...rig import convert
+        from ...synth.character import sample_character
+        from ...synth.dataset import pose_for
+        from ...synth.render import FRAMINGS
+        from ...synth.sample import PairRenderer, character_vector, sample_pose
+
+        self.gen.eval()
+        values = []
+        for seed in self.eval_seeds:
+            rng = np.random.default_rng([seed, 0x7E4])
+            pose = pose_for(sample_pose(rng), self.kind, "tha45")
+            pr = PairRenderer(sample_character(seed), (self.size, self.size), FRAMINGS["full"])
+            rest = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)[None]
+            posed = np.clip(np.rint(pr.renderer.render(pose).image * 255), 0, 255).astype(np.uint8)[None]
+            p = convert(character_vector(pose)[None], "character", "tha45").astype(np.float32)
+            x, y, pp = self._inputs(rest, posed, p)
+            out = self._forward(x, pp, 1.0)
+            values.append({"ours": psnr_official(out["blended"], y), "identity": psnr_official(x, y)})
+        self.gen.train()
+        return {"psnr": float(np.mean([v["ours"] for v in values])),
+                "psnr_identity": float(np.mean([v["identity"] for v in values]))}
+
+    def score(self, result: dict) -> float:
+        return result["psnr"]
+
+    def format_eval(self, result: dict) -> str:
+        return f"PSNR {result['psnr']:.2f} dB (identity {result['psnr_identity']:.2f})"
+
+
+class TeacherPipeline:
+    """The full teacher: face morpher on the face crop (pasted back), half-resolution rotator on the downscaled image,
+    editor at full resolution with its coarse inputs. A folder holds ``face.safetensors``, ``rotator.safetensors`` and
+    ``editor.safetensors`` (each with its JSON), the three stages' ``generator.safetensors``. Returns what
+    :mod:`.distill` needs of a teacher."""
+
+    def __init__(self, folder, device="cpu"):
+        from pathlib import Path
+
+        folder = Path(folder)
+        self.device = torch.device(device)
+        missing = [n for n in ("face", "rotator", "editor") if not (folder / f"{n}.safetensors").exists()]
+        if missing:
+            raise KeyfaceError(f"{folder} is not a THA4 teacher folder (no {', '.join(missing)}.safetensors)")
+        self.face, self.rotator, self.editor = (TeacherTrainer.load_stage(folder / f"{n}.safetensors", self.device)
+                                                for n in ("face", "rotator", "editor"))
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
+        image, pose = image.to(self.device), pose.to(self.device)
+        size = image.shape[-1]
+        y0, y1, x0, x1 = face_box(size)
+        img = image.expand(len(pose), -1, -1, -1).clone()
+        face = self.face(img[:, :, y0:y1, x0:x1], pose[:, :39])["out"]
+        img[:, :, y0:y1, x0:x1] = face
+        rot = pose[:, 39:45]
+        half = self.rotator(_down(img), rot)
+        out = self.editor(img, rot, half["blended"], half["flow"])
+        return {"face": face, "face_image": img, "grid_change": out["flow"], "alpha": out["alpha"],
+                "color_change": out["direct"], "warped_image": out["warped"], "image": out["blended"]}

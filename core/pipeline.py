@@ -2,7 +2,8 @@
 ResWarp to the source resolution, in place → frames written atomically.
 
 **Exact neutral.** A generator is run for the target values *and* for the source's own values (the rest pose: the
-schema's defaults, e.g. all zeros for au17, eyes open for pose5), and only the difference is applied:
+schema's defaults, e.g. all zeros for au17, eyes open for pose5), and only the difference is applied, in
+premultiplied colour (so a generator's colour noise where it is nearly transparent cannot show):
 result = input + (G(input, target) − G(input, rest)), flow = F(target) − F(rest). Frames whose values equal the rest
 pose therefore reproduce the source exactly (bit-identical outside the box, ≤ 1/255 inside), and a generator's small
 bias at rest never shows as flicker between keys.
@@ -80,7 +81,7 @@ class FrameJob:
             self._rest = self.runtime(low[None], rest_values[None])
         gen = self.runtime(np.repeat(low[None], len(values), axis=0), values)
         out, flow = gen[0], gen[1]
-        result = np.clip(low[None] + (out - self._rest[0]), 0, 1)
+        result = _unpremultiply(_premultiply(low[None]) + _premultiply(out) - _premultiply(self._rest[0]))
         flows = flow - self._rest[1]
         weights = None
         if len(gen) > 2 and gen[2] is not None:
@@ -103,6 +104,17 @@ class FrameJob:
         if weights is None:
             return [self.lifter.lift(r, f) for r, f in zip(results, flows, strict=True)]
         return [self.lifter.lift(r, f, weight=w) for r, f, w in zip(results, flows, weights, strict=True)]
+
+
+def _premultiply(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], axis=-1)
+
+
+def _unpremultiply(x: np.ndarray) -> np.ndarray:
+    """Premultiplied → straight RGBA in [0, 1]; colour where alpha ≤ 1/1024 is meaningless and set to 0."""
+    a = np.clip(x[..., 3:], 0, 1)
+    rgb = np.where(a > 1 / 1024, x[..., :3] / np.maximum(a, 1 / 1024), 0)
+    return np.clip(np.concatenate([rgb, a], axis=-1), 0, 1).astype(np.float32)
 
 
 def _convert_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:

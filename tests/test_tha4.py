@@ -301,3 +301,35 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
                                                                             size=64, eval_poses=2), log=lambda m: None)
     record = d.run()
     assert record["body_examples"] == 4 and np.isfinite(record["student_vs_teacher"]["psnr_mean"])
+
+
+def test_character_models_are_listed_and_render_in_place_in_a_larger_document(tha4, tmp_path, monkeypatch):
+    from keyface.core import models
+    from keyface.core.cli import main
+    from keyface.core.imageio import read_image, write_image
+    from keyface.core.methods.tha4 import discover
+
+    monkeypatch.setenv("KEYFACE_THA4_MODELS", str(tha4 / "character_models"))
+    discover()
+    ids = [m.id for m in models.available_models()]
+    folder = tha4 / "character_models" / "lambda_01"
+    assert f"tha4-student:{folder}" in ids and f"tha4-student:{tha4 / 'character_models' / 'lambda_00'}" in ids
+    # the 512² character came from a 1400×1400 document where it was 1024² at (200, 300)
+    import cv2
+
+    char = read_image(folder / "character.png")
+    doc = np.zeros((1400, 1400, 4), np.uint8)
+    doc[..., 3] = 255
+    doc[..., :3] = 90
+    big = cv2.resize(char, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    a = big[..., 3:] / 255.0
+    doc[300:1324, 200:1224, :3] = np.rint(big[..., :3] * a + doc[300:1324, 200:1224, :3] * (1 - a)).astype(np.uint8)
+    write_image(tmp_path / "doc.png", doc)
+    assert main(["pose", str(tmp_path / "doc.png"), "--model", f"tha4-student:{folder}", "--box", "200,300,1024,1024",
+                 "--set", "eye_wink_left=1", "--set", "head_x=0.6", "--out", str(tmp_path / "out.png")]) == 0
+    out = read_image(tmp_path / "out.png")
+    assert out.shape == doc.shape
+    outside = np.ones(doc.shape[:2], bool)
+    outside[300:1324, 200:1224] = False
+    assert np.array_equal(out[outside], doc[outside])              # the rest of the document is untouched
+    assert (out[300:1324, 200:1224] != doc[300:1324, 200:1224]).any(axis=2).mean() > 0.01

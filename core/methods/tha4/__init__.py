@@ -1,13 +1,14 @@
 """THA4 — Talking Head(?) Anime 4 (seed 001): student character models (SIREN face morpher + multi-resolution SIREN
 body morpher) with a fast evaluator, usable as keyface generators under the model id ``tha4-student:<folder>`` (any
-official or keyface-distilled character model folder). Importing this package does not import torch."""
+official or keyface-distilled character model folder); folders named in ``$KEYFACE_THA4_MODELS`` are listed by
+``keyface models`` and the editors. Importing this package does not import torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ...errors import KeyfaceError
-from ...models import ModelInfo, register_family
+from ...models import ModelInfo, register, register_family
 
 PREFIX = "tha4-student"
 
@@ -29,3 +30,23 @@ def family(arg: str) -> ModelInfo:
 
 
 register_family(PREFIX, family)
+
+
+def _is_model(folder: Path) -> bool:
+    return all(any((folder / f"{k}_morpher{e}").exists() for e in (".pt", ".safetensors")) for k in ("face", "body"))
+
+
+def discover() -> None:
+    """Register the character models named by ``$KEYFACE_THA4_MODELS`` (folders separated by the OS path separator:
+    a character model folder, or a folder holding several), so that ``keyface models`` and the editors list them."""
+    import os
+
+    for entry in filter(None, os.environ.get("KEYFACE_THA4_MODELS", "").split(os.pathsep)):
+        root = Path(entry).expanduser()
+        candidates = [root] if _is_model(root) else sorted(p for p in root.glob("*") if p.is_dir())
+        for folder in candidates:
+            if _is_model(folder):
+                register(family(str(folder)))
+
+
+discover()

@@ -25,8 +25,8 @@ Two evaluators of the same weights:
   layer as one bias vector W_pose·p + b (no 47-channel convolution at all); (2) because bilinear up-sampling is linear
   and per channel, W_f·up(h) = up(W_f·h): the first layer of levels 1 and 2 multiplies the coarser level's features at
   the coarser resolution, then up-samples the product (4× fewer multiply-adds for those layers); (3) ω0 is folded into
-  the weights and layers run as (pixels × channels) matrix products with in-place sine; (4) inference mode, and half
-  precision on CUDA when asked.
+  the weights and layers run as (pixels × channels) matrix products with in-place sine; (4) every level runs its layer
+  stack on strips of rows, so activations stay cache-sized; (5) inference mode, and half precision on CUDA when asked.
 """
 
 from __future__ import annotations
@@ -210,23 +210,37 @@ class Student:
             outs.append(x.t().reshape(1, 4, 128, 128))
         return torch.cat(outs)
 
+    STRIP_PIXELS = 16384  # pixels per strip: a layer's activations (~6 MB at width 90) stay in cache
+
     def body(self, pose: torch.Tensor) -> torch.Tensor:
-        """(B, 45) pose → (B, 7, 512, 512): grid change, alpha, colour change."""
+        """(B, 45) pose → (B, 7, 512, 512): grid change, alpha, colour change. Each level runs its whole layer stack
+        on strips of rows (cache-sized activations instead of 90 MB tensors per layer); a strip's up-sampled term
+        reads the coarser level's product rows it needs plus one halo row each side, so strips give the same
+        values as whole images."""
         outs = []
         for p in pose.to(self.device, self.dtype):
-            h, prev_n = None, None
-            for lv in self.levels:
+            z, prev_n = None, None
+            for i, lv in enumerate(self.levels):
                 n = lv["n"]
-                pre = lv["pos"] + (p @ lv["pose"] + lv["b0"])                       # (n², out)
-                if h is not None:
-                    # W_f·up(h) = up(W_f·h): multiply at the coarser resolution, then up-sample the product
-                    z = (h @ lv["feat"]).t().reshape(1, -1, prev_n, prev_n)
-                    z = F.interpolate(z, size=(n, n), mode="bilinear", align_corners=False)
-                    pre = pre + z.reshape(z.shape[1], -1).t()
-                h = self._sine_stack(pre.sin_(), lv["rest"])
-                prev_n = n
-            out = torch.addmm(self.body_last[1], h, self.body_last[0])
-            outs.append(out.t().reshape(1, 7, prev_n, prev_n))
+                bias = p @ lv["pose"] + lv["b0"]
+                last = i == len(self.levels) - 1
+                nxt = self.body_last if last else (self.levels[i + 1]["feat"], None)
+                out = torch.empty(nxt[0].shape[1], n, n, device=self.device, dtype=self.dtype)
+                rows = max(2, self.STRIP_PIXELS // n)
+                rows -= rows % 2
+                for r0 in range(0, n, rows):
+                    r1 = min(n, r0 + rows)
+                    pre = lv["pos"][r0 * n:r1 * n] + bias
+                    if z is not None:
+                        s0, s1 = max(0, r0 // 2 - 1), min(prev_n, (r1 + 1) // 2 + 1)
+                        up = F.interpolate(z[None, :, s0:s1], size=(2 * (s1 - s0), n), mode="bilinear",
+                                           align_corners=False)[0, :, r0 - 2 * s0:r1 - 2 * s0]
+                        pre += up.reshape(up.shape[0], -1).t()
+                    h = self._sine_stack(pre.sin_(), lv["rest"])
+                    y = torch.addmm(nxt[1], h, nxt[0]) if last else h @ nxt[0]
+                    out[:, r0:r1] = y.t().reshape(-1, r1 - r0, n)
+                z, prev_n = out, n
+            outs.append(z[None])
         return torch.cat(outs)
 
     def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:

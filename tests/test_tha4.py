@@ -229,6 +229,9 @@ def test_teacher_networks_shapes_gradients_and_losses(tmp_path):
     assert not torch.allclose(plain["direct"], with_coarse["direct"])  # the coarse submodule contributes
     e = editor_loss(with_coarse, torch.rand(2, 4, 64, 64) * 2 - 1, feats)
     assert {"half_direct", "quad_blended"} <= set(e) and torch.isfinite(e["total"])
+    l1 = sum(v for k, v in e.items() if k.startswith("l1_"))
+    perc = sum(v for k, v in e.items() if k.startswith(("half_", "quad_")))
+    assert len([k for k in e if k.startswith(("half_", "quad_"))]) == 4 and torch.allclose(e["total"], l1 + 0.2 * perc)
     assert [q.shape[-1] for q in quadrants(big)] == [32] * 4
 
 
@@ -333,3 +336,28 @@ def test_character_models_are_listed_and_render_in_place_in_a_larger_document(th
     outside[300:1324, 200:1224] = False
     assert np.array_equal(out[outside], doc[outside])              # the rest of the document is untouched
     assert (out[300:1324, 200:1224] != doc[300:1324, 200:1224]).any(axis=2).mean() > 0.01
+
+
+def test_distillation_loss_terms_and_schedules(tmp_path):
+    from keyface.core.methods.tha4.distill import BODY_LR, FACE_LR, LAMBDA_FM, DistillConfig, Distiller, _lr, _phase
+
+    assert _phase(0.1) == {"flow": 0.5, "warped": 0.25, "direct": 2.0, "final": 0.25}       # Table 3
+    assert _phase(0.5)["flow"] == 5.0 and _phase(0.9)["final"] == 10.0
+    assert _lr(FACE_LR, 0.1) == 1e-4 and _lr(FACE_LR, 0.6) == 1e-5 and _lr(BODY_LR, 0.95) == 3e-6
+    size = 32
+    image = torch.rand(1, 4, size, size) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:5, 2:6] = 1
+    teacher = _tiny_teacher(size)
+    d = Distiller(teacher, image, mask, tmp_path, DistillConfig(face_examples=2, body_examples=2, batch=2, size=size),
+                  log=lambda m: None)
+    pose = d._poses(0)
+    with torch.no_grad():
+        target = teacher(image, pose)["face"]
+        diff = d.face(pose) - target
+        expected = diff.abs().mean() + LAMBDA_FM * (mask * diff).abs().mean()   # App. D
+    assert abs(d.face_step()["face_loss"] - float(expected)) < 1e-5
+    logs = d.body_step()
+    lam = _phase(0.0)
+    total = sum(lam[k] * logs[f"body_{k}"] for k in ("flow", "warped", "direct", "final"))
+    assert abs(logs["body_loss"] - total) < 1e-5

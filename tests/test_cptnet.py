@@ -199,3 +199,36 @@ def test_ablation_table(tiny_data, tmp_path, capsys):
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [r["variant"] for r in rows] == ["grid", "mask+grid+ms"] and all(0 <= r["ssim"] <= 1 for r in rows)
     assert all(r["l1"] > 0 and r["rmse"] >= r["l1"] for r in rows)  # RMSE ≥ mean |error| always
+
+
+def test_pose5_scene_renders_and_pose_command(tmp_path):
+    from keyface.core import models
+    from keyface.core.cli import main
+    from keyface.core.imageio import read_image, write_image
+    from keyface.core.methods.cptnet import load
+    from keyface.core.methods.cptnet.trainer import save_generator
+    from keyface.core.pipeline import render_scene
+    from keyface.core.scene import load_scene
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS
+    from keyface.core.synth.sample import PairRenderer
+
+    torch.manual_seed(5)
+    path = tmp_path / "cpt.safetensors"
+    save_generator(Generator(CPTNetConfig(size=64, base=4, blocks=1, k=2, fusion_base=4)), path)
+    models.register(models.ModelInfo("test-random-cptnet-2", "cptnet", "pose5", "random (tests)", path, load))
+    img = np.clip(np.rint(PairRenderer(sample_character(3), (200, 200), FRAMINGS["head"]).rest.image * 255),
+                  0, 255).astype(np.uint8)
+    write_image(tmp_path / "c.png", img)
+    scene = {"keyface_scene": 1, "source": "c.png", "schema": "pose5", "model": "test-random-cptnet-2",
+             "face_box": [30, 30, 140, 140], "fps": 24, "frame_range": [0, 2],
+             "tracks": {"eye_left": {"keys": [{"frame": 0, "value": 1}, {"frame": 2, "value": 0}]},
+                        "head_yaw": {"keys": [{"frame": 0, "value": 0}, {"frame": 2, "value": 0.8}]}}}
+    (tmp_path / "s.json").write_text(json.dumps(scene))
+    frames = render_scene(load_scene(tmp_path / "s.json"), tmp_path / "out")
+    assert len(frames) == 3
+    assert np.array_equal(read_image(frames[0]), img)             # frame 0 is the rest pose: the source
+    assert not np.array_equal(read_image(frames[2]), img)
+    assert main(["pose", str(tmp_path / "c.png"), "--model", "test-random-cptnet-2", "--box", "30,30,140,140",
+                 "--out", str(tmp_path / "p.png")]) == 0
+    assert np.array_equal(read_image(tmp_path / "p.png"), img)    # no --set: the rest pose (eyes open)

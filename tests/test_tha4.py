@@ -361,3 +361,17 @@ def test_distillation_loss_terms_and_schedules(tmp_path):
     lam = _phase(0.0)
     total = sum(lam[k] * logs[f"body_{k}"] for k in ("flow", "warped", "direct", "final"))
     assert abs(logs["body_loss"] - total) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [(0, 64), (0, 16), (16, 32), (48, 64), (10, 12)])
+def test_channels_last_up2_matches_bilinear_interpolation(rows):
+    import torch.nn.functional as F
+
+    from keyface.core.methods.tha4.student import add_up2
+
+    z = torch.randn(32, 24, 5)
+    ref = F.interpolate(z.permute(2, 0, 1)[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    r0, r1 = rows
+    dst = torch.ones(r1 - r0, 48, 5)
+    add_up2(dst, z, r0, r1)
+    assert torch.allclose(dst - 1, ref.permute(1, 2, 0)[r0:r1], atol=1e-6)

@@ -148,26 +148,34 @@ def test_gan_step_fit_resume_and_evaluation(tiny_data, tiny_features, tmp_path):
     assert resumed.step == 2 and resumed.cfg.critic_steps == 2
 
 
-def test_render_path_with_residual_weights(tmp_path):
-    # Mechanics with random weights (not quality): a registered CPTNet renders through FrameJob + ResWarp; the rest
-    # pose reproduces the source exactly; other poses change only the face box; the runtime's residual weight is used.
+@pytest.fixture(scope="module")
+def random_cptnet(tmp_path_factory):
+    """A registered CPTNet with random weights (the render path's mechanics, not quality) and a character image."""
     from keyface.core import models
     from keyface.core.methods.cptnet import load
-    from keyface.core.methods.cptnet.runtime import CPTNetRuntime
     from keyface.core.methods.cptnet.trainer import save_generator
-    from keyface.core.pipeline import FrameJob
     from keyface.core.synth.character import sample_character
     from keyface.core.synth.render import FRAMINGS
     from keyface.core.synth.sample import PairRenderer
 
     torch.manual_seed(4)
-    path = tmp_path / "cpt.safetensors"
+    path = tmp_path_factory.mktemp("cptnet_model") / "cpt.safetensors"
     save_generator(Generator(CPTNetConfig(size=64, base=4, blocks=1, k=2, fusion_base=4)), path)
     models.register(models.ModelInfo("test-random-cptnet", "cptnet", "pose5", "random weights (tests)", path, load))
     img = np.clip(np.rint(PairRenderer(sample_character(9), (240, 320), FRAMINGS["head"]).rest.image * 255),
                   0, 255).astype(np.uint8)
+    return "test-random-cptnet", path, img
+
+
+def test_render_path_with_residual_weights(random_cptnet):
+    # a registered CPTNet renders through FrameJob + ResWarp; the rest pose reproduces the source exactly; other poses
+    # change only the face box; the runtime's residual weight is used.
+    from keyface.core.methods.cptnet.runtime import CPTNetRuntime
+    from keyface.core.pipeline import FrameJob
+
+    model, path, img = random_cptnet
     box = (40, 60, 160, 160)
-    job = FrameJob.prepare(img, "test-random-cptnet", box)
+    job = FrameJob.prepare(img, model, box)
     rt = CPTNetRuntime(path)
     out, flow, weight = rt(job.lifter.low_input()[None], np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
     assert out.shape == (1, 64, 64, 4) and flow.shape == (1, 64, 64, 2) and weight.shape == (1, 64, 64)
@@ -201,27 +209,16 @@ def test_ablation_table(tiny_data, tmp_path, capsys):
     assert all(r["l1"] > 0 and r["rmse"] >= r["l1"] for r in rows)  # RMSE ≥ mean |error| always
 
 
-def test_pose5_scene_renders_and_pose_command(tmp_path):
-    from keyface.core import models
+def test_pose5_scene_renders_and_pose_command(random_cptnet, tmp_path):
     from keyface.core.cli import main
     from keyface.core.imageio import read_image, write_image
-    from keyface.core.methods.cptnet import load
-    from keyface.core.methods.cptnet.trainer import save_generator
     from keyface.core.pipeline import render_scene
     from keyface.core.scene import load_scene
-    from keyface.core.synth.character import sample_character
-    from keyface.core.synth.render import FRAMINGS
-    from keyface.core.synth.sample import PairRenderer
 
-    torch.manual_seed(5)
-    path = tmp_path / "cpt.safetensors"
-    save_generator(Generator(CPTNetConfig(size=64, base=4, blocks=1, k=2, fusion_base=4)), path)
-    models.register(models.ModelInfo("test-random-cptnet-2", "cptnet", "pose5", "random (tests)", path, load))
-    img = np.clip(np.rint(PairRenderer(sample_character(3), (200, 200), FRAMINGS["head"]).rest.image * 255),
-                  0, 255).astype(np.uint8)
+    model, _, img = random_cptnet
     write_image(tmp_path / "c.png", img)
-    scene = {"keyface_scene": 1, "source": "c.png", "schema": "pose5", "model": "test-random-cptnet-2",
-             "face_box": [30, 30, 140, 140], "fps": 24, "frame_range": [0, 2],
+    scene = {"keyface_scene": 1, "source": "c.png", "schema": "pose5", "model": model,
+             "face_box": [40, 60, 160, 160], "fps": 24, "frame_range": [0, 2],
              "tracks": {"eye_left": {"keys": [{"frame": 0, "value": 1}, {"frame": 2, "value": 0}]},
                         "head_yaw": {"keys": [{"frame": 0, "value": 0}, {"frame": 2, "value": 0.8}]}}}
     (tmp_path / "s.json").write_text(json.dumps(scene))
@@ -229,6 +226,6 @@ def test_pose5_scene_renders_and_pose_command(tmp_path):
     assert len(frames) == 3
     assert np.array_equal(read_image(frames[0]), img)             # frame 0 is the rest pose: the source
     assert not np.array_equal(read_image(frames[2]), img)
-    assert main(["pose", str(tmp_path / "c.png"), "--model", "test-random-cptnet-2", "--box", "30,30,140,140",
+    assert main(["pose", str(tmp_path / "c.png"), "--model", model, "--box", "40,60,160,160",
                  "--out", str(tmp_path / "p.png")]) == 0
     assert np.array_equal(read_image(tmp_path / "p.png"), img)    # no --set: the rest pose (eyes open)

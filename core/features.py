@@ -59,6 +59,9 @@ class FeatureNet(nn.Module):
                 layers.append(nn.Conv2d(c, w, 3, padding=1))
                 self.names.append(f"conv{b}_{i}")
                 c = w
+        for conv in layers:  # He initialisation (as torchvision's VGG): without it 16 plain ReLU layers do not train
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
         self.convs = nn.ModuleList(layers)
         self.out_width = c
         self.head = nn.Linear(c, cfg.classes + cfg.regress) if cfg.classes + cfg.regress else None
@@ -112,7 +115,7 @@ def load_features(path=None, device="cpu") -> FeatureNet:
     return _cache[key]
 
 
-def train_features(data, out, steps: int = 3000, batch: int = 32, lr: float = 1e-3, width: float = 0.25,
+def train_features(data, out, steps: int = 3000, batch: int = 32, lr: float = 3e-4, width: float = 0.25,
                    seed: int = 0, device: str = "cpu", log=print, progress=None) -> dict:
     """Train on a paired dataset (``keyface synth``): identity classification + rig regression (see the module
     docstring). Writes ``out`` (.safetensors) and its JSON (config, command inputs, accuracy on held-out poses of
@@ -120,6 +123,7 @@ def train_features(data, out, steps: int = 3000, batch: int = 32, lr: float = 1e
     from .training import load_split, pick_device, save_weights, to_net
 
     dev = pick_device(device)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after training, if it cannot be made
     cols = load_split(data, "train", ("rest", "posed", "values", "char_seed"))
     rest, posed, values, seeds = cols["rest"], cols["posed"], cols["values"].astype(np.float32), cols["char_seed"]
     ids = {s: i for i, s in enumerate(sorted(set(seeds.tolist())))}

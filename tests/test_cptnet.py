@@ -229,3 +229,25 @@ def test_pose5_scene_renders_and_pose_command(random_cptnet, tmp_path):
     assert main(["pose", str(tmp_path / "c.png"), "--model", model, "--box", "40,60,160,160",
                  "--out", str(tmp_path / "p.png")]) == 0
     assert np.array_equal(read_image(tmp_path / "p.png"), img)    # no --set: the rest pose (eyes open)
+
+
+def test_shipped_feature_network_sees_identity_more_than_pose():
+    # The perceptual distance between two poses of one character is smaller than between two characters at rest.
+    from keyface.core.features import load_features
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.sample import PairRenderer
+    from keyface.core.training import to_net
+
+    net = load_features()
+    u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    dists = []
+    for a, b in ((11, 12), (13, 14), (15, 16)):
+        pa, pb = (PairRenderer(sample_character(s), (128, 128), FRAMINGS["head"]) for s in (a, b))
+        rest_a, rest_b = u8(pa.rest.image), u8(pb.rest.image)
+        posed_a = u8(pa.renderer.render({**REST, "blink_left": 1.0, "blink_right": 1.0, "head_yaw": 8.0}).image)
+        x = to_net(np.stack([rest_a, posed_a, rest_b]))
+        with torch.no_grad():
+            f = net(x)
+        dists.append(tuple(sum(float((t[0] - t[j]).abs().mean()) for t in f) for j in (1, 2)))
+    assert all(same < other for same, other in dists), dists

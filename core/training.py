@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def _unprefixed(prefix: str, tensors: dict) -> dict:
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-class RunTrainer:
+class RunTrainer(ABC):
     """The loop, checkpoints, resume, evaluations and best checkpoint. A method subclass sets ``method``,
     ``config_class`` and ``modes`` and implements :meth:`build` (modules and optimizers), :meth:`train_step` (one
     generator step, with its critic steps; returns float logs), :meth:`evaluate` (a dict of rows), :meth:`score`
@@ -243,18 +244,22 @@ class RunTrainer:
         else:
             atomic_write_text(self.run / "config.json", json.dumps(asdict(cfg), indent=1))
 
-    # to implement ---------------------------------------------------------------------------------------------------
+    # what each method provides (abstract: a subclass without them cannot be instantiated) --------------------------
+    @abstractmethod
     def build(self) -> None:
-        raise NotImplementedError
+        """Create ``self.modules`` (``"generator"`` first) and ``self.optimizers``, and load the data."""
 
+    @abstractmethod
     def train_step(self) -> dict:
-        raise NotImplementedError
+        """One generator step (with its critic steps) at ``self.step``; returns the losses as floats."""
 
+    @abstractmethod
     def evaluate(self) -> dict:
-        raise NotImplementedError
+        """Evaluation rows on the validation characters."""
 
+    @abstractmethod
     def score(self, result: dict) -> float:
-        raise NotImplementedError
+        """One number from :meth:`evaluate`'s rows; higher is better (chooses ``best.safetensors``)."""
 
     def format_eval(self, result: dict) -> str:
         return json.dumps(result)

@@ -19,7 +19,6 @@ stage's kind.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from ...errors import KeyfaceError
 from ...training import RunConfig, RunTrainer, load_split, validation_seeds
-from .distill import face_box
+from .distill import face_box, psnr_official
 from .runtime import float_to_official
 from .teacher import (
     EDITOR,
@@ -67,11 +66,6 @@ def _config_class(stage: str):
 
 def _module(stage: str, cfg):
     return {"face": FaceTeacher, "rotator": HalfResolutionRotator, "editor": Editor}[stage](cfg)
-
-
-def psnr_official(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
 def _down(x: torch.Tensor) -> torch.Tensor:

@@ -319,12 +319,14 @@ def _run_training(trainer, args, out) -> int:
 def cmd_train_atw(args, out) -> int:
     from tqdm import tqdm
 
+    from .methods.atw.losses import LossWeights
     from .methods.atw.networks import ATWConfig
     from .methods.atw.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
                       lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
-                      eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base))
+                      eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base),
+                      weights=LossWeights(changed_per_sample=args.changed_per_sample), select=args.select)
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
     return _run_training(trainer, args, out)
@@ -333,6 +335,7 @@ def cmd_train_atw(args, out) -> int:
 def cmd_train_cptnet(args, out) -> int:
     from tqdm import tqdm
 
+    from .methods.cptnet.losses import LossWeights
     from .methods.cptnet.networks import CPTNetConfig
     from .methods.cptnet.trainer import TrainConfig, Trainer
 
@@ -340,6 +343,7 @@ def cmd_train_cptnet(args, out) -> int:
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed, lr=args.lr,
                       lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, features=args.features or "",
+                      weights=LossWeights(changed=args.changed_weight),
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
@@ -643,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="constant (the paper) or cosine decay to 5%% of --lr at --steps")
     ta.add_argument("--init", metavar="WEIGHTS", help="start the generator from these weights (.safetensors with "
                                                       "its .json; their architecture replaces --base)")
+    ta.add_argument("--changed-per-sample", action="store_true",
+                    help="average the changed-pixel losses within each sample first (small expressions such as a "
+                         "smile weigh as much as a blink)")
+    ta.add_argument("--select", choices=("mean", "worst"), default="mean",
+                    help="best checkpoint by the mean PSNR gain over blink, mouth open and smile, or by the worst one")
     tc = tsub.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
                                         "--project pose5)")
     run_args(tc, 8, "Adam learning rate (the paper: 1e-4, batch 8)", cmd_train_cptnet)
@@ -656,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--decay-steps", type=int, default=None,
                     help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
     tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
+    tc.add_argument("--changed-weight", type=float, default=0.0, metavar="W",
+                    help="weight of the L1 over the pixels the pose changes (our addition; 0 = the paper's loss; "
+                         "the shipped model: 1000)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "
                                               "dataset (keyface synth --framing full --project tha45)")
     run_args(th, 16, "Adam learning rate after the 5,000-example warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)
@@ -732,8 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--sizes", default="1k,2k,4k,8k", help="comma-separated: 1k, 2k, 4k, 8k")
     br.add_argument("--repeat", type=int, default=5, help="timed runs per cell (median)")
     br.add_argument("--scenes", metavar="A,B", help="expression, head, frame (default: all)")
-    br.add_argument("--methods", metavar="A,B", help="copy, naive, {vanilla,multiscale}-{cpu,torch} (default: all; "
-                                                     "copy and naive are needed for the ratios)")
+    br.add_argument("--methods", metavar="A,B", help="copy, remap-floor, naive, {vanilla,multiscale}-{cpu,torch} "
+                                                     "(default: all; copy and naive are needed for the ratios)")
     br.add_argument("--no-quality", action="store_true", help="skip the PSNR table")
     br.set_defaults(run=cmd_bench_reswarp)
     bn = bsub.add_parser("render", help="whole-frame render time (generator, ResWarp, encode) and peak memory")

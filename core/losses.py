@@ -16,7 +16,15 @@ def gradient_penalty(score: Callable, real: torch.Tensor, fake: torch.Tensor) ->
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |a − b| over the pixels where ``mask`` is set (broadcast over channels)."""
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """Mean |a − b| over the pixels where ``mask`` is set (broadcast over channels).
+
+    ``per_sample``: the mean is taken within each sample, then over the samples whose mask is not empty, so a sample
+    with a small masked area (a smile's few mouth-corner pixels) weighs as much as one with a large area (a blink)."""
     m = mask.expand_as(a)
-    return (a - b).abs().mul(m).sum() / m.sum().clamp(min=1)
+    err = (a - b).abs().mul(m)
+    if not per_sample:
+        return err.sum() / m.sum().clamp(min=1)
+    count = m.flatten(1).sum(1)
+    each = err.flatten(1).sum(1) / count.clamp(min=1)
+    return each.sum() / (count > 0).sum().clamp(min=1)

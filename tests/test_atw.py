@@ -7,7 +7,7 @@ import torch
 from keyface.core.blocks import warp
 from keyface.core.cli import main
 from keyface.core.errors import KeyfaceError
-from keyface.core.losses import gradient_penalty
+from keyface.core.losses import gradient_penalty, masked_l1
 from keyface.core.methods.atw.conditioning import DIM, driving
 from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses
 from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
@@ -139,6 +139,18 @@ def test_driving_vector():
     assert d.shape == (DIM,) and d.max() == pytest.approx(1.0) and d.min() >= 0
 
 
+def test_masked_l1_per_sample_weighs_each_sample_equally():
+    a, b = torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
+    a[0] = 1.0               # sample 0: error 1 on its 16 masked pixels
+    a[1, 0, 0, 0] = 3.0      # sample 1: error 3 on its single masked pixel
+    mask = torch.zeros(3, 1, 4, 4)
+    mask[0] = 1
+    mask[1, 0, 0, 0] = 1     # sample 2: empty mask, left out of the mean
+    assert masked_l1(a, b, mask).item() == pytest.approx((16 + 3) / 17)
+    assert masked_l1(a, b, mask, per_sample=True).item() == pytest.approx((1 + 3) / 2)
+    assert masked_l1(a, b, torch.zeros_like(mask), per_sample=True).item() == 0
+
+
 def test_cli_train_atw(tiny_data, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["train", "atw", "--data", str(tiny_data), "--out", str(out), "--steps", "2", "--batch", "2", "--base",
@@ -146,6 +158,9 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
     assert main(args) == 0
     assert "finished 2 steps" in capsys.readouterr().out
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main([*args[:5], str(tmp_path / "each"), *args[6:], "--changed-per-sample", "--select", "worst"]) == 0
+    config = json.loads((tmp_path / "each" / "config.json").read_text())
+    assert config["weights"]["changed_per_sample"] is True and config["select"] == "worst"
     assert main(["train", "atw", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no synthetic dataset" in capsys.readouterr().err
 
@@ -155,6 +170,8 @@ def test_validation_characters_best_checkpoint_schedule_and_init(tiny_data, tmp_
     from keyface.core.synth.dataset import load_manifest
     from keyface.core.training import validation_seeds
 
+    rows = {n: {"psnr_bias_cancelled": 30.0 + g, "psnr_identity": 30.0} for n, g in (("a", 3.0), ("b", -0.5))}
+    assert eval_score(rows) == pytest.approx(1.25) and eval_score(rows, "worst") == pytest.approx(-0.5)
     manifest = load_manifest(tiny_data)
     seeds = validation_seeds(manifest, 5)
     used = {int(s) for split in manifest["splits"].values() for s in split}

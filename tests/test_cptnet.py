@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from keyface.core.features import TAPS, FeatureConfig, FeatureNet, perceptual_loss, train_features
+from keyface.core.methods.cptnet import WEIGHTS as SHIPPED
 from keyface.core.methods.cptnet.losses import LossWeights, critic_loss, generator_losses
 from keyface.core.methods.cptnet.networks import VARIANTS, CPTNetConfig, Critic, Generator, drive
 from keyface.core.methods.cptnet.trainer import TrainConfig, Trainer, load_generator
@@ -101,6 +102,14 @@ def test_loss_terms(tiny_features):
     c = critic_loss(crit, b, a.detach(), w)
     assert torch.allclose(c["d_adv"], crit(a).mean() - crit(b).mean()) and c["d_gp"] >= 0
     assert torch.allclose(c["d_total"], c["d_adv"] + w.gp * c["d_gp"])
+    # the changed-pixel term (off by default): L1 over the pixels where the target differs from the source
+    assert "changed" not in generator_losses(a, b, w, source=b)
+    w2 = LossWeights(changed=1000.0)
+    src = b.clone()
+    src[:, :, :4, :4] += 0.5                                  # the "pose" changed a 4×4 corner of each sample
+    t2 = generator_losses(a, b, w2, source=src)
+    assert torch.allclose(t2["changed"], (a - b)[:, :, :4, :4].abs().mean())
+    assert torch.allclose(t2["total"], w2.pair * t2["pair"] + w2.changed * t2["changed"])
 
 
 def test_feature_network(tiny_features):
@@ -190,6 +199,23 @@ def test_render_path_with_residual_weights(random_cptnet):
     assert weights is not None and weights.shape == (1, 64, 64)
 
 
+def test_head_box_around_a_face_box():
+    from keyface.core.methods.cptnet.runtime import head_box
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.face import Pose
+    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.sample import PairRenderer
+
+    # the engine's own face box in the head framing maps back to the whole head-framed image
+    pr = PairRenderer(sample_character(5), (256, 256), FRAMINGS["head"])
+    face = pr.face_box(Pose(dict(REST)))
+    assert np.allclose(head_box(face, 256, 256), (0, 0, 256, 256), atol=2)
+    # near an edge it is shifted inside, and shrunk only when the image is too small
+    assert head_box((0, 0, 100, 100), 1000, 800) == (0, 0, 200, 200)
+    assert head_box((900, 700, 100, 100), 1000, 800) == (800, 600, 200, 200)
+    assert head_box((10, 10, 100, 100), 150, 120) == (0, 0, 120, 120)
+
+
 def test_ablation_table(tiny_data, tmp_path, capsys):
     from keyface.core.cli import main
     from keyface.core.methods.cptnet.trainer import save_generator
@@ -251,3 +277,32 @@ def test_shipped_feature_network_sees_identity_more_than_pose():
             f = net(x)
         dists.append(tuple(sum(float((t[0] - t[j]).abs().mean()) for t in f) for j in (1, 2)))
     assert all(same < other for same, other in dists), dists
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")
+def test_shipped_model_eye_left_changes_mainly_the_left_eye():
+    # Through the render path (crop → generator → ResWarp), on a character the model never saw: closing the left eye
+    # changes pixels, the changes sit mostly on the eyes, and on the side where the engine's own render of the same
+    # pose closes an eye — much more than on the other eye.
+    import cv2
+
+    from keyface.core.pipeline import FrameJob
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.sample import PairRenderer
+
+    seed, size = 987_654, 256
+    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
+    img = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)
+    job = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size))
+    frame = job.frames(np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32))[0]
+    changed = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
+    truth = np.abs(pr.renderer.render({**REST, "blink_left": 1.0}).image - pr.rest.image).max(axis=2) > 8 / 255
+    eyes = pr.renderer.render(dict(REST), gt=True).masks[0] > 0.2
+    grown = cv2.dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    side = np.mean(np.nonzero(truth)[1]) > size / 2          # the engine's left eye: right or left half of the image
+    cols = np.arange(size)[None, :] > size / 2
+    left_eye, right_eye = grown & (cols == side), grown & (cols != side)
+    assert changed.sum() > 40
+    assert (changed & grown).sum() > 0.5 * changed.sum()
+    assert (changed & left_eye).sum() > 3 * (changed & right_eye).sum()

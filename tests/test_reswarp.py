@@ -258,3 +258,16 @@ def test_residual_weight():
         lifter.lift(low, ZERO, weight=np.ones((64, 64)))
     with pytest.raises(rw.ResWarpError, match="NaN"):
         lifter.lift(low, ZERO, weight=np.full((128, 128), np.nan))
+
+
+def test_bench_remap_floor_warps_only_the_box():
+    from keyface.core.bench import _remap_floor, make_flow, make_source, scene_box
+
+    source = make_source(360, 640)
+    box = scene_box("head", 360, 640)
+    assert np.array_equal(_remap_floor(source, box, np.zeros((128, 128, 2), np.float32))(), source)
+    turned = _remap_floor(source, box, make_flow("global"))()
+    outside = np.ones(source.shape[:2], bool)
+    outside[box.slices] = False
+    assert np.array_equal(turned[outside], source[outside])
+    assert (turned[box.slices] != source[box.slices]).any(axis=2).mean() > 0.5

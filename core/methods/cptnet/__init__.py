@@ -1,6 +1,7 @@
 """CPTNet — Cascade Pose Transform Network (seed 000): face stage (mask generator) + head stage (cascaded mask branch,
-grid branch, fusion) on 256² crops driven by pose5, lifted by ResWarp with the grid branch's field and the fusion
-mask.
+grid branch, fusion) on head crops (the paper: 256²; the shipped model: 128²) driven by pose5, lifted by ResWarp with
+the grid branch's field and the fusion mask. Without a box, the head crop is found around the detected face box
+(:func:`keyface.core.methods.cptnet.runtime.head_box`).
 
 Registers ``cptnet-pose5`` when shipped weights are present (``weights/cptnet_pose5.safetensors`` with its JSON config
 and ``MODEL_CARD.md``). Importing this package does not import torch."""
@@ -22,4 +23,5 @@ def load(info: ModelInfo, device: str = "cpu"):
 
 if WEIGHTS.exists():
     register(ModelInfo("cptnet-pose5", "cptnet", "pose5", "CPTNet head and expression generator (pose5: eyes, mouth, "
-                       "head pitch and yaw), 256² + ResWarp; trained on keyface's synthetic characters", WEIGHTS, load))
+                       "head pitch and yaw) on a head crop, 128² + ResWarp; trained on keyface's synthetic characters",
+                       WEIGHTS, load))

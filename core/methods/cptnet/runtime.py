@@ -20,6 +20,20 @@ from .networks import drive
 from .trainer import load_generator
 
 
+def head_box(face, width: int, height: int) -> tuple:
+    """The head crop CPTNet was trained on (``keyface synth --framing head``) around a face box (x, y, side, side):
+    a square of twice the face box's side whose centre sits an eighth of the face side above the face box's centre
+    (the engine's face box is 2 × 2 units about (0, 0.25), the head crop 4 × 4 units about (0, 0)). Where that square
+    leaves the image it is shifted back inside, and shrunk only if the image is smaller than it."""
+    x, y, w, h = (int(v) for v in face)
+    f = max(w, h)
+    side = min(2 * f, width, height)
+    cx, cy = x + w / 2, y + h / 2 - f / 8
+    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
+    return (x0, y0, side, side)
+
+
 class CPTNetRuntime:
     schema = "pose5"
 
@@ -27,6 +41,13 @@ class CPTNetRuntime:
         self.device = pick_device(device)
         self.net = load_generator(weights, self.device)
         self.grid = (self.net.cfg.size, self.net.cfg.size)
+
+    def default_box(self, source: np.ndarray) -> tuple:
+        """No box given: the head crop around the automatically detected face box (:func:`head_box`)."""
+        from ...facebox import detect_face_box
+
+        b = detect_face_box(source)
+        return head_box((b.x, b.y, b.w, b.h), source.shape[1], source.shape[0])
 
     @torch.inference_mode()
     def __call__(self, low: np.ndarray, values: np.ndarray):

@@ -169,7 +169,7 @@ class Trainer(RunTrainer):
             logs.update({k: float(v.detach()) for k, v in c.items()})
         x, target, d = self._batch(self.step * (cfg.critic_steps + 1))
         out = self.gen(x, d)["out"]
-        g = generator_losses(out, target, w, self.features, self.critic)
+        g = generator_losses(out, target, w, self.features, self.critic, source=x)
         self.opt_g.zero_grad(set_to_none=True)
         g["total"].backward()
         self.opt_g.step()

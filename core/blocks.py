@@ -116,9 +116,11 @@ def up_decoder(base: int, cout: int, norm: str = "instance", act: str = "relu") 
 class EncoderDecoder(nn.Module):
     """conv 3×3 → two stride-2 down-samplings → [features, tile(c)] fused by a 1×1 conv → residual blocks → two
     transposed-conv up-samplings → conv 3×3 to ``cout``. The driving signal enters with the image (the paper) and
-    again at the bottleneck: instance norm removes a spatially constant input, so a signal seen only through the first
-    normalised layer survives only at the image border (our choice; measured: without it the motion network ignored
-    the driving signal after 1,000 steps)."""
+    again at the bottleneck. Known weakness (measured 2026-11-21, not yet changed because the shipped ATW and CPTNet
+    weights use this layout): instance norm removes a spatially constant input, and the bottleneck's 1×1 fuse is itself
+    followed by instance norm, so the signal reaches the output mostly through border effects — at initialisation,
+    switching the signal on changes the output by 1.3e-2 (mean, interior) against 7.6e-2 when the fuse is not
+    normalised. The planned fix (un-normalised fuse or AdaIN-style modulation) needs the models retrained."""
 
     def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str):
         super().__init__()

@@ -280,29 +280,25 @@ def test_shipped_feature_network_sees_identity_more_than_pose():
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")
-def test_shipped_model_eye_left_changes_mainly_the_left_eye():
-    # Through the render path (crop → generator → ResWarp), on a character the model never saw: closing the left eye
-    # changes pixels, the changes sit mostly on the eyes, and on the side where the engine's own render of the same
-    # pose closes an eye — much more than on the other eye.
-    import cv2
-
+def test_shipped_model_turns_the_head():
+    # Through the render path (head crop → generator → ResWarp at 256²), on characters the model never saw: head turns
+    # of ±20° in yaw and pitch land much closer to the engine's true render than the unchanged source does.
     from keyface.core.pipeline import FrameJob
+    from keyface.core.rig import character_schema, convert
     from keyface.core.synth.character import sample_character
-    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.render import FRAMINGS
     from keyface.core.synth.sample import PairRenderer
+    from keyface.core.training import composite
 
-    seed, size = 987_654, 256
-    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
-    img = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)
-    job = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size))
-    frame = job.frames(np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32))[0]
-    changed = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
-    truth = np.abs(pr.renderer.render({**REST, "blink_left": 1.0}).image - pr.rest.image).max(axis=2) > 8 / 255
-    eyes = pr.renderer.render(dict(REST), gt=True).masks[0] > 0.2
-    grown = cv2.dilate(eyes.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    side = np.mean(np.nonzero(truth)[1]) > size / 2          # the engine's left eye: right or left half of the image
-    cols = np.arange(size)[None, :] > size / 2
-    left_eye, right_eye = grown & (cols == side), grown & (cols != side)
-    assert changed.sum() > 40
-    assert (changed & grown).sum() > 0.5 * changed.sum()
-    assert (changed & left_eye).sum() > 3 * (changed & right_eye).sum()
+    names, size = character_schema().names, 256
+    poses = np.array([[1, 1, 0, 0, 1], [1, 1, 0, 0, -1], [1, 1, 0, -1, 0], [1, 1, 0, 1, 0]], np.float32)
+    for seed in (987_654, 11):
+        pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
+        img = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)
+        frames = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size)).frames(poses)
+        for pose, frame in zip(poses, frames, strict=True):
+            values = dict(zip(names, convert(pose, "pose5", "character"), strict=True))
+            truth = composite(pr.renderer.render(values).image)
+            ours = np.abs(composite(frame / 255.0) - truth).mean()
+            identity = np.abs(composite(img / 255.0) - truth).mean()
+            assert ours < 0.8 * identity, (seed, pose, ours, identity)

@@ -14,7 +14,8 @@ of the pixels, so the same two errors are also averaged over the changed pixels 
 T ≠ I, λ_flow_moving·|F − F_gt| where the true flow is non-zero): measured, without them the generator learned to copy
 its input for the first thousand steps. Pooled over a batch, those averages are dominated by the samples that change
 many pixels (a blink: ~5 % of a face crop; a smile: ~0.3 %); ``changed_per_sample`` averages them within each sample
-first, so every expression in the batch weighs the same (our addition, used for the smile fine-tuning stage).
+first, so every expression in the batch weighs the same (our addition, meant for smile training; the shipped weights
+were trained without it).
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ def gradient_penalty(score: Callable, real: torch.Tensor, fake: torch.Tensor) ->
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def changed_mask(target: torch.Tensor, source: torch.Tensor, threshold: float = 1.5 / 127.5) -> torch.Tensor:
+    """(B, 1, H, W) 1 where the target differs from the source by more than ``threshold`` in any channel (images in
+    [−1, 1]: the default is 0.75/255 of the [0, 1] range)."""
+    return ((target - source).abs().amax(1, keepdim=True) > threshold).float()
+
+
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
     """Mean |a − b| over the pixels where ``mask`` is set (broadcast over channels).
 

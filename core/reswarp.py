@@ -71,6 +71,15 @@ class Box:
             raise ResWarpError(f"box must be x,y,w,h (integers), got {text!r}") from None
         return cls(x, y, w, h)
 
+    @classmethod
+    def square(cls, cx: float, cy: float, side: float, width: int, height: int) -> Box:
+        """The square of ``side`` centred at (cx, cy), moved (not shrunk) to lie inside a width × height image; shrunk
+        only when the image is smaller than the side."""
+        side = int(min(side, width, height))
+        x = int(round(min(max(cx - side / 2, 0), width - side)))
+        y = int(round(min(max(cy - side / 2, 0), height - side)))
+        return cls(x, y, side, side)
+
     def check(self, width: int, height: int) -> Box:
         if self.w < 1 or self.h < 1 or self.x < 0 or self.y < 0 or self.x + self.w > width or self.y + self.h > height:
             raise ResWarpError(f"box {self.x},{self.y},{self.w},{self.h} does not fit the {width}×{height} image")

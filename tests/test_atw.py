@@ -172,6 +172,8 @@ def test_validation_characters_best_checkpoint_schedule_and_init(tiny_data, tmp_
 
     rows = {n: {"psnr_bias_cancelled": 30.0 + g, "psnr_identity": 30.0} for n, g in (("a", 3.0), ("b", -0.5))}
     assert eval_score(rows) == pytest.approx(1.25) and eval_score(rows, "worst") == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="select"):
+        eval_score(rows, "best")
     manifest = load_manifest(tiny_data)
     seeds = validation_seeds(manifest, 5)
     used = {int(s) for split in manifest["splits"].values() for s in split}

@@ -24,6 +24,7 @@ import numpy as np
 
 from keyface.core.errors import KeyfaceError
 from keyface.core.pipeline import frame_name
+from keyface.core.reswarp import Box
 from keyface.core.scene import OutputSettings, Scene, scene_from_json
 
 ANNOTATION = "keyface"
@@ -87,11 +88,8 @@ def square_box(x: int, y: int, w: int, h: int, width: int, height: int) -> tuple
     shrunk) to stay inside the image; shrunk only when the image is smaller than the side."""
     if w < 1 or h < 1:
         raise KeyfaceError("the selection is empty")
-    side = min(max(w, h), width, height)
-    cx, cy = x + w / 2, y + h / 2
-    bx = int(round(min(max(cx - side / 2, 0), width - side)))
-    by = int(round(min(max(cy - side / 2, 0), height - side)))
-    return bx, by, int(side), int(side)
+    b = Box.square(x + w / 2, y + h / 2, max(w, h), width, height)
+    return b.x, b.y, b.w, b.h
 
 
 def selection_box(doc) -> tuple[int, int, int, int]:

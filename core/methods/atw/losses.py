@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch.nn.functional as F
 
-from ...losses import gradient_penalty, masked_l1
+from ...losses import changed_mask, gradient_penalty, masked_l1
 
 
 @dataclass
@@ -73,7 +73,7 @@ def generator_losses(g, img, c_s, c_t, out, w: LossWeights, *, target=None, flow
         terms["img"] = (refined - target).abs().mean()
         terms["flow"] = masked_l1(flow, flow_gt, visible)
         terms["wimg"] = masked_l1(warped, target, visible)
-        changed = ((target - img).abs().amax(1, keepdim=True) > 1.5 / 127.5).float()
+        changed = changed_mask(target, img)
         moving = (flow_gt.abs().amax(1, keepdim=True) > 0.05).float() * visible
         terms["img_changed"] = masked_l1(refined, target, changed, w.changed_per_sample)
         terms["flow_moving"] = masked_l1(flow, flow_gt, moving, w.changed_per_sample)

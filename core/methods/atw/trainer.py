@@ -41,7 +41,10 @@ def eval_score(rows: dict, select: str = "mean") -> float:
     """Gain in dB of the render path (bias-cancelled) over the identity baseline: the mean over the targets, or the
     worst target's."""
     gains = [r["psnr_bias_cancelled"] - r["psnr_identity"] for r in rows.values()]
-    return float(np.mean(gains) if select == "mean" else np.min(gains))
+    rules = {"mean": np.mean, "worst": np.min}
+    if select not in rules:
+        raise ValueError(f"select must be one of {', '.join(rules)}, got {select!r}")
+    return float(rules[select](gains))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...reswarp import Box
 from ...training import float_to_net, from_net, pick_device
 from .networks import drive
 from .trainer import load_generator
@@ -27,11 +28,8 @@ def head_box(face, width: int, height: int) -> tuple:
     leaves the image it is shifted back inside, and shrunk only if the image is smaller than it."""
     x, y, w, h = (int(v) for v in face)
     f = max(w, h)
-    side = min(2 * f, width, height)
-    cx, cy = x + w / 2, y + h / 2 - f / 8
-    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
-    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
-    return (x0, y0, side, side)
+    b = Box.square(x + w / 2, y + h / 2 - f / 8, 2 * f, width, height)
+    return (b.x, b.y, b.w, b.h)
 
 
 class CPTNetRuntime:

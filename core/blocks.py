@@ -39,16 +39,29 @@ def conv_unit(cin: int, cout: int, k: int = 3, stride: int = 1, norm: str = "ins
 
 
 class ResBlock(nn.Module):
-    """x + conv-norm-act-conv-norm(x)."""
+    """x + conv-norm-act-conv-norm(x). With ``cond`` > 0 the block is conditioned AdaIN-style: after the first norm
+    and before the activation, h ← h·(1 + γ(c)) + β(c) with (γ, β) a linear map of the conditioning vector, started
+    at zero (the block begins as the unconditioned one, so older weights load and behave the same). Placing it before
+    the activation matters: a per-channel shift that reaches a later normalised convolution unchanged is erased."""
 
-    def __init__(self, channels: int, norm: str = "instance", act: str = "relu"):
+    def __init__(self, channels: int, norm: str = "instance", act: str = "relu", cond: int = 0):
         super().__init__()
         self.body = nn.Sequential(conv_unit(channels, channels, norm=norm, act=act),
                                   nn.Conv2d(channels, channels, 3, padding=1, bias=norm == "none"),
                                   norm_layer(norm, channels))
+        self.film = None
+        if cond:
+            self.film = nn.Linear(cond, 2 * channels)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
-    def forward(self, x):
-        return x + self.body(x)
+    def forward(self, x, c=None):
+        if self.film is None:
+            return x + self.body(x)
+        conv, norm, act = self.body[0]
+        gamma, beta = self.film(c).chunk(2, dim=1)
+        h = act(norm(conv(x)) * (1 + gamma[..., None, None]) + beta[..., None, None])
+        return x + self.body[2](self.body[1](h))
 
 
 class AdaIN(nn.Module):
@@ -115,27 +128,36 @@ def up_decoder(base: int, cout: int, norm: str = "instance", act: str = "relu") 
 
 class EncoderDecoder(nn.Module):
     """conv 3×3 → two stride-2 down-samplings → [features, tile(c)] fused by a 1×1 conv → residual blocks → two
-    transposed-conv up-samplings → conv 3×3 to ``cout``. The driving signal enters with the image (the paper) and
-    again at the bottleneck. Known weakness (measured 2026-11-21, not yet changed because the shipped ATW and CPTNet
-    weights use this layout): instance norm removes a spatially constant input, and the bottleneck's 1×1 fuse is itself
-    followed by instance norm, so the signal reaches the output mostly through border effects — at initialisation,
-    switching the signal on changes the output by 1.3e-2 (mean, interior) against 7.6e-2 when the fuse is not
-    normalised. The planned fix (un-normalised fuse or AdaIN-style modulation) needs the models retrained."""
+    transposed-conv up-samplings → conv 3×3 to ``cout``. The driving signal enters with the image (the papers: tiled
+    and concatenated) and again at the bottleneck.
 
-    def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str):
+    ``adain`` (default on) also conditions every residual block AdaIN-style (:class:`ResBlock` with ``cond``). Why:
+    instance norm removes a spatially constant input, so a tiled signal concatenated before a normalised convolution
+    reaches the output only through zero-padding border effects — and the 1×1 bottleneck fuse, followed by instance
+    norm, passes none of it. Measured (2026-11-21): at initialisation, switching the signal on changed the CPTNet
+    trunk's output by 1.3e-2 (mean, interior) without AdaIN; with random AdaIN weights the interior effect is ~12×
+    that of the older layout (``tests/test_atw.py``). ``adain=False`` is the older layout, kept so weights trained with
+    it still load."""
+
+    def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str,
+                 adain: bool = True):
         super().__init__()
         self.down = nn.Sequential(
             conv_unit(cin + cdim, base, 3, norm=norm, act=act),
             conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
             conv_unit(2 * base, 4 * base, 4, stride=2, norm=norm, act=act))
         self.fuse = conv_unit(4 * base + cdim, 4 * base, 1, norm=norm, act=act)
-        self.blocks = nn.Sequential(*[ResBlock(4 * base, norm=norm, act=act) for _ in range(blocks)])
+        cond = cdim if adain else 0
+        self.blocks = nn.Sequential(*[ResBlock(4 * base, norm=norm, act=act, cond=cond) for _ in range(blocks)])
         self.up = up_decoder(base, cout, norm, act)
 
     def encode(self, x, c):
         """The shared part (CPTNet's mask and grid generators share it): features at 1/4 resolution."""
         h = self.down(torch.cat([x, tile(c, x.shape[2:])], 1))
-        return self.blocks(self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1)))
+        h = self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1))
+        for block in self.blocks:
+            h = block(h, c)
+        return h
 
     def forward(self, x, c):
         return self.up(self.encode(x, c))

@@ -326,7 +326,8 @@ def cmd_train_atw(args, out) -> int:
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed,
                       lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base),
-                      weights=LossWeights(changed_per_sample=args.changed_per_sample), select=args.select)
+                      weights=LossWeights(changed_per_sample=args.changed_per_sample,
+                                          img_cancelled=args.cancelled_weight), select=args.select)
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
     return _run_training(trainer, args, out)
@@ -343,7 +344,9 @@ def cmd_train_cptnet(args, out) -> int:
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed, lr=args.lr,
                       lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, features=args.features or "",
-                      weights=LossWeights(changed=args.changed_weight),
+                      weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight),
+                      init=args.init or "",
+                      expression_share=args.expression_share,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
@@ -367,7 +370,7 @@ def cmd_train_tha4_teacher(args, out) -> int:
     cfg = TeacherConfig(data=args.data, steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
                         beta1=0.5, warmup_steps=max(1, 5000 // args.batch), eval_every=args.eval_every,
                         eval_characters=args.eval_characters, stage=args.stage, model=model,
-                        features=args.features or "", rotator=args.rotator or "")
+                        features=args.features or "", rotator=args.rotator or "", init=args.init or "")
     trainer = TeacherTrainer(cfg, args.out, device=args.device, resume=args.resume,
                              log=lambda msg: tqdm.write(msg, file=out))
     return _run_training(trainer, args, out)
@@ -634,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
         tp.add_argument("--seed", type=int, default=0)
         tp.add_argument("--device", default="auto", help="auto, cpu or cuda")
         tp.add_argument("--resume", action="store_true", help="continue the run in --out")
+        tp.add_argument("--init", metavar="WEIGHTS",
+                        help="start the generator from these weights (.safetensors with its .json; their architecture "
+                             "replaces the model options, and weights without AdaIN-conditioned blocks get them, "
+                             "started at zero)")
         tp.add_argument("--quiet", action="store_true", help="no progress bar")
         tp.set_defaults(run=run)
 
@@ -645,11 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--base", type=_positive_int, default=16, help="channel width of the first layer")
     ta.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                     help="constant (the paper) or cosine decay to 5%% of --lr at --steps")
-    ta.add_argument("--init", metavar="WEIGHTS", help="start the generator from these weights (.safetensors with "
-                                                      "its .json; their architecture replaces --base)")
     ta.add_argument("--changed-per-sample", action="store_true",
                     help="average the changed-pixel losses within each sample first (small expressions such as a "
                          "smile weigh as much as a blink)")
+    ta.add_argument("--cancelled-weight", type=float, default=0.0, metavar="W",
+                    help="weight of the bias-cancelled changed-pixel L1 (our addition; 0 = off)")
     ta.add_argument("--select", choices=("mean", "worst"), default="mean",
                     help="best checkpoint by the mean PSNR gain over blink, mouth open and smile, or by the worst one")
     tc = tsub.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
@@ -668,6 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--changed-weight", type=float, default=0.0, metavar="W",
                     help="weight of the L1 over the pixels the pose changes (our addition; 0 = the paper's loss; "
                          "the shipped model: 1000)")
+    tc.add_argument("--cancelled-weight", type=float, default=0.0, metavar="W",
+                    help="weight of the changed-pixel L1 of the bias-cancelled output, G(I, pose) − G(I, rest), as "
+                         "the render path applies it (our addition; 0 = off)")
+    tc.add_argument("--expression-share", type=float, default=0.0, metavar="F",
+                    help="fraction of each batch drawn from pairs that move the eyes or the mouth (our addition; "
+                         "0 = uniform, the paper)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "
                                               "dataset (keyface synth --framing full --project tha45)")
     run_args(th, 16, "Adam learning rate after the 5,000-example warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)

@@ -21,7 +21,7 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +189,23 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
     return warm * (1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.decay_steps, 1)))
 
 
+def upgraded_config(init_cfg, requested):
+    """The model config of a run started from ``init`` weights: their architecture, except that a run asking for
+    AdaIN-conditioned residual blocks (:class:`keyface.core.blocks.ResBlock`) upgrades weights trained without them
+    (the new layers start at zero, so the upgraded generator computes exactly what the old one did)."""
+    if getattr(requested, "adain", False) and not getattr(init_cfg, "adain", True):
+        return replace(init_cfg, adain=True)
+    return init_cfg
+
+
+def load_upgraded(module, state: dict) -> None:
+    """Load ``state`` into ``module``, allowing only the zero-started AdaIN layers (``.film.``) to be missing."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    wrong = list(unexpected) + [k for k in missing if ".film." not in k]
+    if wrong:
+        raise KeyfaceError(f"the --init weights do not fit this model: {', '.join(wrong[:5])}")
+
+
 def _prefixed(prefix: str, module) -> dict:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
@@ -227,7 +244,7 @@ class RunTrainer(ABC):
         self.init = None
         if cfg.init and not resume:
             self.init = self.load_generator(cfg.init)
-            cfg.model = self.init.cfg
+            cfg.model = upgraded_config(self.init.cfg, cfg.model)
         self.cfg = cfg
         self.device = pick_device(device)
         torch.manual_seed(cfg.seed)
@@ -235,7 +252,7 @@ class RunTrainer(ABC):
         self.optimizers: dict = {}
         self.build()
         if self.init is not None:
-            self.modules["generator"].load_state_dict(self.init.state_dict())
+            load_upgraded(self.modules["generator"], self.init.state_dict())
         self.step = 0
         self.best_score = -math.inf
         self.run.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from keyface.core.blocks import warp
+from keyface.core.blocks import EncoderDecoder, warp
 from keyface.core.cli import main
 from keyface.core.errors import KeyfaceError
 from keyface.core.losses import gradient_penalty, masked_l1
@@ -13,7 +13,7 @@ from keyface.core.methods.atw.losses import LossWeights, critic_losses, generato
 from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
 from keyface.core.methods.atw.trainer import TrainConfig, Trainer, load_generator, save_generator
 from keyface.core.synth.dataset import SynthConfig, write_dataset
-from keyface.core.training import from_net, to_net
+from keyface.core.training import from_net, load_upgraded, to_net, upgraded_config
 
 TINY = ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)
 
@@ -25,6 +25,29 @@ def test_warp_follows_the_flow_convention():
     out = warp(img, flow)
     assert torch.allclose(out[0, 0, :, :-1], img[0, 0, :, 1:])
     assert torch.allclose(warp(img, torch.zeros_like(flow)), img)
+
+
+def test_adain_blocks_carry_a_constant_signal_and_upgrade_older_weights():
+    """The driving signal is constant over the image: concatenated before instance-normalised convolutions it reaches
+    the interior only through border effects; the AdaIN-conditioned residual blocks carry it everywhere."""
+    torch.manual_seed(0)
+    old = EncoderDecoder(4, 2, 3, 8, 2, "instance", "relu", adain=False).eval()
+    new = EncoderDecoder(4, 2, 3, 8, 2, "instance", "relu").eval()
+    load_upgraded(new, old.state_dict())               # AdaIN layers start at zero: the same function
+    x, c0, c1 = torch.rand(1, 4, 128, 128) * 2 - 1, torch.zeros(1, 3), torch.ones(1, 3)
+    with torch.no_grad():
+        assert torch.equal(old(x, c1), new(x, c1))
+        for block in new.blocks:                       # as after training: non-zero modulation
+            torch.nn.init.normal_(block.film.weight, std=0.3)
+        interior = (slice(None), slice(None), slice(32, -32), slice(32, -32))
+        effect_old = (old(x, c1) - old(x, c0))[interior].abs().mean()
+        effect_new = (new(x, c1) - new(x, c0))[interior].abs().mean()
+    assert effect_new > 5 * effect_old                 # measured: 0.21 vs 0.014
+    with pytest.raises(KeyfaceError, match="do not fit"):
+        load_upgraded(new, {k: v for k, v in old.state_dict().items() if not k.startswith("fuse.")})
+    old_cfg = ATWConfig(base=4, adain=False)
+    assert upgraded_config(old_cfg, ATWConfig()).adain and not upgraded_config(old_cfg, old_cfg).adain
+    assert upgraded_config(ATWConfig(base=4), old_cfg) == ATWConfig(base=4)
 
 
 def test_shapes_and_gradients():
@@ -67,6 +90,20 @@ def test_loss_terms():
     d = critic_losses(dr, dw, x, out[0].detach(), c_s, w)
     assert d["d_drv"].item() == pytest.approx(torch.nn.functional.mse_loss(dr(x)[1], c_s).item(), rel=1e-5)
     assert gradient_penalty(lambda v: dr(v)[0], x, out[0].detach()).item() >= 0
+    # the cancelled term judges G(I, c_t) − G(I, c_s) against T − I on the changed pixels
+    target = x.clone()
+    target[..., :6, :6] = -x[..., :6, :6]
+    rest = g(x, c_s)[0]
+    wc = LossWeights(img_cancelled=20.0)
+    t3 = generator_losses(g, x, c_s, c_t, out, wc, target=target, flow_gt=torch.zeros(2, 2, 64, 64),
+                          visible=torch.ones(2, 1, 64, 64), rest=rest)
+    changed = (target - x).abs().amax(1, keepdim=True) > 1.5 / 127.5
+    expected = ((refined - rest) - (target - x)).abs().mul(changed).flatten(1).sum(1) / (4 * changed.flatten(1).sum(1))
+    assert t3["img_cancelled"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    t4 = generator_losses(g, x, c_s, c_t, out, wc, target=target, flow_gt=torch.zeros(2, 2, 64, 64),
+                          visible=torch.ones(2, 1, 64, 64))
+    assert "img_cancelled" not in t4
+    assert t3["total"].item() == pytest.approx((t4["total"] + 20.0 * t3["img_cancelled"]).item(), rel=1e-5)
 
 
 def test_image_conversion_round_trip():
@@ -158,9 +195,13 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
     assert main(args) == 0
     assert "finished 2 steps" in capsys.readouterr().out
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
-    assert main([*args[:5], str(tmp_path / "each"), *args[6:], "--changed-per-sample", "--select", "worst"]) == 0
+    assert main([*args[:5], str(tmp_path / "each"), *args[6:], "--changed-per-sample", "--select", "worst",
+                 "--cancelled-weight", "20"]) == 0
     config = json.loads((tmp_path / "each" / "config.json").read_text())
     assert config["weights"]["changed_per_sample"] is True and config["select"] == "worst"
+    assert config["weights"]["img_cancelled"] == 20
+    logs = [json.loads(line) for line in (tmp_path / "each" / "log.jsonl").read_text().splitlines()]
+    assert all("img_cancelled" in entry for entry in logs if "eval" not in entry)
     assert main(["train", "atw", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no synthetic dataset" in capsys.readouterr().err
 

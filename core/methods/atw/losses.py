@@ -14,8 +14,10 @@ of the pixels, so the same two errors are also averaged over the changed pixels 
 T ≠ I, λ_flow_moving·|F − F_gt| where the true flow is non-zero): measured, without them the generator learned to copy
 its input for the first thousand steps. Pooled over a batch, those averages are dominated by the samples that change
 many pixels (a blink: ~5 % of a face crop; a smile: ~0.3 %); ``changed_per_sample`` averages them within each sample
-first, so every expression in the batch weighs the same (our addition, meant for smile training; the shipped weights
-were trained without it).
+first, so every expression in the batch weighs the same (our addition, meant for smile training).
+``img_cancelled`` (our addition, off by default) is the changed-pixel L1 of the bias-cancelled image, G(I, c_t) −
+G(I, c_s) against T − I (:func:`keyface.core.losses.cancelled_l1`): what the render path applies; a change that ignores
+the driving signal cancels there, and this term does not reward it (one more generator pass per step).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch.nn.functional as F
 
-from ...losses import changed_mask, gradient_penalty, masked_l1
+from ...losses import cancelled_l1, changed_mask, gradient_penalty, masked_l1
 
 
 @dataclass
@@ -41,6 +43,7 @@ class LossWeights:
     img_changed: float = 10.0
     flow_moving: float = 1.0
     changed_per_sample: bool = False  # average the two "changed" terms per sample (see the module docstring)
+    img_cancelled: float = 0.0       # bias-cancelled changed-pixel L1 (see the module docstring); 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,8 +59,9 @@ def critic_losses(dr, dw, real, fake, c_s, w: LossWeights) -> dict:
 
 
 def generator_losses(g, img, c_s, c_t, out, w: LossWeights, *, target=None, flow_gt=None, visible=None,
-                     dr=None, dw=None) -> dict:
-    """Generator losses. ``out`` = g(img, c_t); GAN terms need the critics, supervised ones the ground truth."""
+                     dr=None, dw=None, rest=None) -> dict:
+    """Generator losses. ``out`` = g(img, c_t); GAN terms need the critics, supervised ones the ground truth, the
+    cancelled term ``rest`` = g(img, c_s)'s refined image."""
     refined, warped, flow = out
     terms = {"ref": (warped - refined).abs().mean()}
     recon, _, _ = g(refined, c_s)
@@ -79,5 +83,8 @@ def generator_losses(g, img, c_s, c_t, out, w: LossWeights, *, target=None, flow
         terms["flow_moving"] = masked_l1(flow, flow_gt, moving, w.changed_per_sample)
         total = (total + w.img * terms["img"] + w.flow * terms["flow"] + w.wimg * terms["wimg"]
                  + w.img_changed * terms["img_changed"] + w.flow_moving * terms["flow_moving"])
+        if rest is not None and w.img_cancelled:
+            terms["img_cancelled"] = cancelled_l1(refined, rest, target, img)
+            total = total + w.img_cancelled * terms["img_cancelled"]
     terms["total"] = total
     return terms

@@ -16,8 +16,8 @@ also sees the driving signal (it must paint content the warp cannot produce, e.g
 predicts a bounded correction, O^r = clamp(O^w + tanh(·), −1, 1), which the refine loss |O^w − O^r| keeps small;
 ``flow_scale`` is 24 px at 128² (an eyelid travels up to ~20 px there); channel widths are configurable (``base``,
 default 32; the shipped model uses 16 to train on a 2-core CPU); 3×3 instead of 7×7 convolutions at full
-resolution (5× cheaper); the driving signal also enters at the bottleneck (see
-:class:`keyface.core.blocks.EncoderDecoder`).
+resolution (5× cheaper); the driving signal also enters at the bottleneck and, AdaIN-style, in every residual block
+(``adain``; instance norm erases a tiled constant signal — see :class:`keyface.core.blocks.EncoderDecoder`).
 
 Critics (WGAN-GP, StarGAN-style PatchGAN trunks of stride-2 4×4 convs with LeakyReLU): **D^r** returns the
 adversarial score map and the driving-signal prediction; **D^w** has only the driving head and judges the warped
@@ -46,6 +46,7 @@ class ATWConfig:
     flow_scale: float = 24.0
     critic_base: int = 32
     critic_layers: int = 5
+    adain: bool = True          # AdaIN-conditioned residual blocks (blocks.EncoderDecoder); False: older weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +56,8 @@ class MotionNet(nn.Module):
     def __init__(self, cfg: ATWConfig):
         super().__init__()
         self.scale = cfg.flow_scale
-        self.net = EncoderDecoder(cfg.channels, 2, cfg.driving, cfg.base, cfg.motion_blocks, "instance", "relu")
+        self.net = EncoderDecoder(cfg.channels, 2, cfg.driving, cfg.base, cfg.motion_blocks, "instance", "relu",
+                                  cfg.adain)
 
     def forward(self, img, c):
         return torch.tanh(self.net(img, c)) * self.scale
@@ -64,7 +66,8 @@ class MotionNet(nn.Module):
 class RefineNet(nn.Module):
     def __init__(self, cfg: ATWConfig):
         super().__init__()
-        self.net = EncoderDecoder(cfg.channels, cfg.channels, cfg.driving, cfg.base, cfg.refine_blocks, "none", "elu")
+        self.net = EncoderDecoder(cfg.channels, cfg.channels, cfg.driving, cfg.base, cfg.refine_blocks, "none", "elu",
+                                  cfg.adain)
 
     def forward(self, warped, c):
         return (warped + torch.tanh(self.net(warped, c))).clamp(-1, 1)

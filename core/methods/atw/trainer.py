@@ -196,9 +196,10 @@ class Trainer(RunTrainer):
         b = self._batch(self.step * (cfg.critic_steps + 1))
         out = self.gen(b["img"], b["c_t"])
         sup = cfg.mode in ("supervised", "both")
+        rest = self.gen(b["img"], b["c_s"])[0] if sup and w.img_cancelled else None
         g = generator_losses(self.gen, b["img"], b["c_s"], b["c_t"], out, w,
                              target=b["target"] if sup else None, flow_gt=b["flow"], visible=b["visible"],
-                             dr=self.dr, dw=self.dw)
+                             dr=self.dr, dw=self.dw, rest=rest)
         self.opt_g.zero_grad(set_to_none=True)
         g["total"].backward()
         self.opt_g.step()

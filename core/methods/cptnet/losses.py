@@ -15,6 +15,12 @@
   The shipped model and the ablation's runs use ``changed`` = 1000 (= λ1), the same for every variant: with it head
   turns are learned within 800 steps, eyes and mouth not yet (see the model card).
 
+* L_cancelled (our addition, off by default: ``cancelled`` = 0): the changed-pixel L1 of the *bias-cancelled* output
+  (:func:`keyface.core.losses.cancelled_l1`): G(I, d) − G(I, rest) against the true change, as the render path applies
+  it. The plain L_changed can be lowered by changes that ignore the pose (measured: a generator trained with it closed
+  the eyes at every pose, which the render path's cancellation then removes — one reason the first shipped model
+  never blinks); this one cannot. Costs a second generator pass at the rest pose per step.
+
 Only the final image is supervised, as in the paper (the face stage, the branches and the masks are trained through
 it). ``mode`` "supervised" drops L_adv (no critic; used for quick CPU runs and the ablation's equal budgets).
 """
@@ -26,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ...features import perceptual_loss
-from ...losses import changed_mask, gradient_penalty, masked_l1
+from ...losses import cancelled_l1, changed_mask, gradient_penalty, masked_l1
 
 
 @dataclass
@@ -36,6 +42,7 @@ class LossWeights:
     perc: float = 200.0
     gp: float = 10.0
     changed: float = 0.0
+    cancelled: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,11 +56,15 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, w: LossWeights) 
 
 
 def generator_losses(out: torch.Tensor, target: torch.Tensor, w: LossWeights, features=None,
-                     critic=None, source: torch.Tensor | None = None) -> dict:
+                     critic=None, source: torch.Tensor | None = None, rest_out: torch.Tensor | None = None) -> dict:
     """The generator's terms for the final image ``out`` against ``target``; perceptual needs ``features``, the
-    adversarial term ``critic``, the changed-pixel term the input image ``source``."""
+    adversarial term ``critic``, the changed-pixel terms the input image ``source`` (and the cancelled one the
+    generator's output at the rest pose, ``rest_out``)."""
     terms = {"pair": (out - target).abs().mean()}
     total = w.pair * terms["pair"]
+    if source is not None and rest_out is not None and w.cancelled:
+        terms["cancelled"] = cancelled_l1(out, rest_out, target, source)
+        total = total + w.cancelled * terms["cancelled"]
     if source is not None and w.changed:
         terms["changed"] = masked_l1(out, target, changed_mask(target, source), per_sample=True)
         total = total + w.changed * terms["changed"]

@@ -19,9 +19,10 @@ Choices where the paper is silent (written down here):
   head_pitch, head_yaw) (:func:`drive`): the paper's decomposition example "(0, 0, 0, 0, 1/k)" then means a fraction of
   a head turn with the face at rest. The face stage sees (d₀, d₁, d₂, 0, 0), the head stage (0, 0, 0, d₃, d₄)·i/k.
 * Images are RGBA, premultiplied, in [−1, 1] (as ATW): C has 4 channels, warping premultiplied colour has no fringes.
-* The trunk is :class:`keyface.core.blocks.EncoderDecoder` (3×3 first conv instead of StarGAN's 7×7; the pose also
-  enters at the bottleneck because instance norm erases a constant input plane — measured on ATW). Widths are
-  configurable: ``base`` 64 is StarGAN's; CPU runs use 16.
+* The trunk is :class:`keyface.core.blocks.EncoderDecoder` (3×3 first conv instead of StarGAN's 7×7). Besides the
+  paper's tiled pose at the input (and at the bottleneck), its residual blocks are AdaIN-conditioned on the pose
+  (``adain``): instance norm erases a constant input plane (see the EncoderDecoder docstring; the shipped model
+  predates this and was trained without it). Widths are configurable: ``base`` 64 is StarGAN's; CPU runs use 16.
 * The grid decoder's last convolution starts at zero (the identity grid): the grid branch begins as a copy. Likewise
   the attention head's bias starts at :data:`KEEP_BIAS` (A ≈ 0.95): each mask step begins by mostly keeping its input
   instead of blending it half-and-half with untrained content (measured on the mask variant, default init: L1 still 7×
@@ -65,6 +66,7 @@ class CPTNetConfig:
     fusion_base: int = 32
     critic_base: int = 64
     critic_layers: int = 6
+    adain: bool = True          # AdaIN-conditioned residual blocks (blocks.EncoderDecoder); False: older weights
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -107,7 +109,7 @@ class Generator(nn.Module):
         self.cfg = cfg
         c = cfg.channels
         # the shared trunk; its decoder (``trunk.up``) is the mask generator's, with A and C heads (1 + c channels)
-        self.trunk = EncoderDecoder(c, 1 + c, cfg.pose, cfg.base, cfg.blocks, "instance", "relu")
+        self.trunk = EncoderDecoder(c, 1 + c, cfg.pose, cfg.base, cfg.blocks, "instance", "relu", cfg.adain)
         with torch.no_grad():
             self.trunk.up[-1].bias[0] = KEEP_BIAS
         self.grid_up = up_decoder(cfg.base, 2) if cfg.uses_grid else None

@@ -346,7 +346,7 @@ def cmd_train_cptnet(args, out) -> int:
                       eval_characters=args.eval_characters, features=args.features or "",
                       weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight),
                       init=args.init or "",
-                      expression_share=args.expression_share,
+                      expression_share=args.expression_share, flip=args.flip,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
@@ -681,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--expression-share", type=float, default=0.0, metavar="F",
                     help="fraction of each batch drawn from pairs that move the eyes or the mouth (our addition; "
                          "0 = uniform, the paper)")
+    tc.add_argument("--flip", action="store_true",
+                    help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "
                                               "dataset (keyface synth --framing full --project tha45)")
     run_args(th, 16, "Adam learning rate after the 5,000-example warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)

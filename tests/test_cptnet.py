@@ -172,6 +172,53 @@ def test_expression_share_fills_batches_with_moving_eyes_or_mouth(tiny_data, tin
                 device="cpu", log=lambda m: None)
 
 
+def test_flip_mirrors_pairs_and_their_pose():
+    from keyface.core.methods.cptnet.trainer import mirror
+    from keyface.core.rig import character_schema
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.sample import PairRenderer
+
+    # the engine agrees: a left blink mirrored closes the eye that a right blink closes
+    pr = PairRenderer(sample_character(11), (128, 128), FRAMINGS["head"])
+    assert "blink_left" in character_schema().names
+    rest = pr.rest.image
+    left = pr.renderer.render({**REST, "blink_left": 1.0}).image
+    right = pr.renderer.render({**REST, "blink_right": 1.0}).image
+    changed = lambda img: np.abs(img - rest).max(axis=2) > 8 / 255  # noqa: E731
+    mirrored = np.abs(left[:, ::-1] - rest[:, ::-1]).max(axis=2) > 8 / 255
+    overlap = (mirrored & changed(right)).sum() / (mirrored | changed(right)).sum()
+    assert overlap > 0.5 and (changed(left) & changed(right)).sum() < 0.1 * changed(left).sum()
+    # the function: images flipped along x, eyes swapped, yaw negated, only where asked; twice = unchanged
+    r, q = np.random.rand(3, 8, 8, 4), np.random.rand(3, 8, 8, 4)
+    d = np.array([[1, 0, 0.5, 0.2, 0.7]] * 3, np.float32)
+    which = np.array([True, False, True])
+    r2, q2, d2 = mirror(r, q, d, which)
+    assert np.array_equal(r2[0], r[0, :, ::-1]) and np.array_equal(q2[1], q[1]) and np.array_equal(d2[1], d[1])
+    assert np.allclose(d2[0], [0, 1, 0.5, 0.2, -0.7])
+    r3, q3, d3 = mirror(r2, q2, d2, which)
+    assert np.array_equal(r3, r) and np.array_equal(q3, q) and np.array_equal(d3, d)
+
+
+def test_flip_option_in_training(tiny_data, tiny_features, tmp_path):
+    tr = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", flip=True), tmp_path / "f", device="cpu",
+                 log=lambda m: None)
+    plain = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised"), tmp_path / "p", device="cpu",
+                    log=lambda m: None)
+    flipped = 0
+    for k in range(6):
+        (x, _, d), (x0, _, d0) = tr._batch(k), plain._batch(k)          # same indices, some of them mirrored
+        same = [torch.equal(x[i], x0[i]) for i in range(len(x))]
+        mirrored = [torch.equal(x[i], x0[i].flip(-1)) for i in range(len(x))]
+        assert all(s or m for s, m in zip(same, mirrored, strict=True))
+        for i in range(len(x)):
+            if not same[i]:
+                flipped += 1
+                assert torch.equal(d[i], d0[i][[1, 0, 2, 3, 4]] * torch.tensor([1, 1, 1, 1, -1.0]))
+    assert 0 < flipped < 6 * len(x)
+    assert tr.train_step()["total"] > 0
+
+
 def test_gan_step_fit_resume_and_evaluation(tiny_data, tiny_features, tmp_path):
     run = tmp_path / "run"
     tr = Trainer(_cfg(tiny_data, tiny_features[0], steps=2, critic_steps=2, eval_every=2, lr_schedule="linear_tail",

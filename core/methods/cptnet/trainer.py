@@ -54,6 +54,9 @@ class TrainConfig(RunConfig):
     # eyes or mouth differ from rest (:data:`EXPRESSIVE`); with uniform sampling only ~7 % of the pairs close an eye
     # and ~3 % close just one (measured on the shipped model's data), too few for the face stage to learn in a CPU run
     expression_share: float = 0.0
+    # our addition (off = the paper): mirror each pair left–right with probability ½ (the pose follows: eye_left and
+    # eye_right swap, yaw changes sign), so every left wink is also a right one (one-eye pairs are ~3 % of the corpus)
+    flip: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -129,6 +132,15 @@ def format_eval(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def mirror(rest: np.ndarray, posed: np.ndarray, d: np.ndarray, which: np.ndarray) -> tuple:
+    """Pairs (N, H, W, C) and their conditioning (N, 5), mirrored left–right where ``which``: the images flipped along
+    x, the two eyes swapped, yaw negated (pitch and mouth unchanged)."""
+    rest, posed, d = rest.copy(), posed.copy(), d.copy()
+    rest[which], posed[which] = rest[which, :, ::-1], posed[which, :, ::-1]
+    d[which] = d[which][:, [1, 0, 2, 3, 4]] * np.array([1, 1, 1, 1, -1], d.dtype)
+    return rest, posed, d
+
+
 class Trainer(RunTrainer):
     method = "cptnet"
     config_class = TrainConfig
@@ -168,8 +180,11 @@ class Trainer(RunTrainer):
 
     def _batch(self, k: int) -> tuple:
         idx = self.batch_indices(k)
-        return (to_net(self.rest[idx]).to(self.device), to_net(self.posed[idx]).to(self.device),
-                torch.from_numpy(self.d[idx]).to(self.device))
+        rest, posed, d = self.rest[idx], self.posed[idx], self.d[idx].copy()
+        if self.cfg.flip:
+            which = np.random.default_rng([self.cfg.seed, k, 0xF11]).random(len(idx)) < 0.5
+            rest, posed, d = mirror(rest, posed, d, which)
+        return to_net(rest).to(self.device), to_net(posed).to(self.device), torch.from_numpy(d).to(self.device)
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.cfg.weights

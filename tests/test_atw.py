@@ -202,6 +202,8 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
     assert config["weights"]["img_cancelled"] == 20
     logs = [json.loads(line) for line in (tmp_path / "each" / "log.jsonl").read_text().splitlines()]
     assert all("img_cancelled" in entry for entry in logs if "eval" not in entry)
+    assert main([*args[:5], str(tmp_path / "gan"), *args[6:], "--mode", "gan", "--cancelled-weight", "20"]) == 2
+    assert "cancelled term" in capsys.readouterr().err
     assert main(["train", "atw", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "no synthetic dataset" in capsys.readouterr().err
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...analytic import psnr
+from ...errors import KeyfaceError
 from ...training import (
     RunConfig,
     RunTrainer,
@@ -159,6 +160,8 @@ class Trainer(RunTrainer):
 
     def build(self) -> None:
         cfg = self.cfg
+        if cfg.weights.img_cancelled and cfg.mode == "gan":
+            raise KeyfaceError("the cancelled term compares with the true posed image: use --mode supervised or both")
         self.gen = Generator(cfg.model).to(self.device)
         self.gan = cfg.mode in ("gan", "both")
         self.dr = Critic(cfg.model).to(self.device) if self.gan else None

@@ -180,7 +180,7 @@ class Trainer(RunTrainer):
 
     def _batch(self, k: int) -> tuple:
         idx = self.batch_indices(k)
-        rest, posed, d = self.rest[idx], self.posed[idx], self.d[idx].copy()
+        rest, posed, d = self.rest[idx], self.posed[idx], self.d[idx]  # copies (fancy indexing)
         if self.cfg.flip:
             which = np.random.default_rng([self.cfg.seed, k, 0xF11]).random(len(idx)) < 0.5
             rest, posed, d = mirror(rest, posed, d, which)

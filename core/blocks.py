@@ -141,13 +141,21 @@ class EncoderDecoder(nn.Module):
     norm, passes none of it. Measured (2026-11-21): at initialisation, switching the signal on changed the CPTNet
     trunk's output by 1.3e-2 (mean, interior) without AdaIN; with random AdaIN weights the interior effect is 10–15×
     that of the older layout (``tests/test_atw.py``). ``adain=False`` is the older layout, kept so weights trained with
-    it still load."""
+    it still load.
+
+    ``coords`` (default off) appends the pixel-centre coordinates (x, y in [−1, 1], :func:`positions`) to the input
+    (CoordConv). Why: a convolution is translation-equivariant, so telling the left eye from the right one in a
+    centred head crop must come from context or zero-padding border effects; measured on CPTNet (2026-11-21), 680
+    fine-tuning steps with left-right mirrored pairs learned to close the eyes but closed both for either eye signal.
+    The coordinate channels come last; weights without them are upgraded by zero input weights for those channels
+    (:func:`keyface.core.training.load_upgraded`), the same function."""
 
     def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str,
-                 adain: bool = True):
+                 adain: bool = True, coords: bool = False):
         super().__init__()
+        self.coords = coords
         self.down = nn.Sequential(
-            conv_unit(cin + cdim, base, 3, norm=norm, act=act),
+            conv_unit(cin + cdim + (COORDS if coords else 0), base, 3, norm=norm, act=act),
             conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
             conv_unit(2 * base, 4 * base, 4, stride=2, norm=norm, act=act))
         self.fuse = conv_unit(4 * base + cdim, 4 * base, 1, norm=norm, act=act)
@@ -157,7 +165,10 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, x, c):
         """The shared part (CPTNet's mask and grid generators share it): features at 1/4 resolution."""
-        h = self.down(torch.cat([x, tile(c, x.shape[2:])], 1))
+        parts = [x, tile(c, x.shape[2:])]
+        if self.coords:
+            parts.append(positions(*x.shape[2:], device=x.device, dtype=x.dtype).expand(len(x), -1, -1, -1))
+        h = self.down(torch.cat(parts, 1))
         h = self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1))
         for block in self.blocks:
             h = block(h, c)
@@ -165,6 +176,18 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, x, c):
         return self.up(self.encode(x, c))
+
+
+COORDS = 2  # coordinate channels (x, y) of EncoderDecoder(coords=True), appended after the image and the signal
+
+
+def positions(h: int, w: int | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, 2, h, w): pixel-centre coordinates in [−1, 1], channels (x, y) (``w`` defaults to ``h``)."""
+    w = h if w is None else w
+    ty = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    tx = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    yy, xx = torch.meshgrid(ty, tx, indexing="ij")
+    return torch.stack([xx, yy])[None]
 
 
 def tile(signal: torch.Tensor, size) -> torch.Tensor:

@@ -240,7 +240,7 @@ def _set_arg(text: str) -> tuple[str, float]:
             raise ValueError
         return name.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CHANNEL=VALUE, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}") from None
 
 
 def cmd_pose(args, out) -> int:
@@ -327,7 +327,8 @@ def cmd_train_atw(args, out) -> int:
                       lr=args.lr, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, init=args.init or "", model=ATWConfig(base=args.base),
                       weights=LossWeights(changed_per_sample=args.changed_per_sample,
-                                          img_cancelled=args.cancelled_weight), select=args.select)
+                                          img_cancelled=args.cancelled_weight), select=args.select,
+                      focus=dict(args.focus or ()))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
     return _run_training(trainer, args, out)
@@ -346,8 +347,9 @@ def cmd_train_cptnet(args, out) -> int:
                       eval_characters=args.eval_characters, features=args.features or "",
                       weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight),
                       init=args.init or "",
-                      expression_share=args.expression_share, flip=args.flip,
-                      model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant))
+                      expression_share=args.expression_share, wink_share=args.wink_share, flip=args.flip,
+                      model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
+                                         coords=args.coords))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
                       log=lambda msg: tqdm.write(msg, file=out))
     return _run_training(trainer, args, out)
@@ -659,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of the bias-cancelled changed-pixel L1 (our addition; 0 = off)")
     ta.add_argument("--select", choices=("mean", "worst"), default="mean",
                     help="best checkpoint by the mean PSNR gain over blink, mouth open and smile, or by the worst one")
+    ta.add_argument("--focus", type=_set_arg, action="append", metavar="AU=F",
+                    help="draw fraction F of each batch from the pairs with that action unit at intensity ≥ 2.5, e.g. "
+                         "AU12=0.25 (repeatable; our addition; default uniform batches)")
     tc = tsub.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
                                         "--project pose5)")
     run_args(tc, 8, "Adam learning rate (the paper: 1e-4, batch 8)", cmd_train_cptnet)
@@ -681,6 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--expression-share", type=float, default=0.0, metavar="F",
                     help="fraction of each batch drawn from pairs that move the eyes or the mouth (our addition; "
                          "0 = uniform, the paper)")
+    tc.add_argument("--coords", action="store_true",
+                    help="give the trunk the pixel coordinates (CoordConv; our addition; with --init, weights without "
+                         "them are upgraded: the new input weights start at zero)")
+    tc.add_argument("--wink-share", type=float, default=0.0, metavar="F",
+                    help="fraction of each batch drawn from pairs that close one eye more than the other (our "
+                         "addition; 0 = off)")
     tc.add_argument("--flip", action="store_true",
                     help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "

@@ -104,6 +104,20 @@ def load_split(root, split: str, columns) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
+def mixed_indices(rng: np.random.Generator, n: int, size: int, pools=()) -> np.ndarray:
+    """``n`` indices into ``size`` training pairs: for each ``(indices, share)`` of ``pools`` in order, round(n·share)
+    draws from those indices (with replacement; never more than are left), then uniform draws for the rest. With no
+    pools this is ``rng.integers(0, size, n)``, the uniform batch."""
+    parts, left = [], n
+    for idx, share in pools:
+        k = min(round(n * share), left)
+        if k:
+            parts.append(rng.choice(idx, k))
+            left -= k
+    parts.append(rng.integers(0, size, left))
+    return np.concatenate(parts)
+
+
 def validation_seeds(manifest: dict, n: int) -> list[int]:
     """``n`` character seeds in neither split of a dataset (deterministic)."""
     used = {int(s) for split in manifest["splits"].values() for s in split}
@@ -189,18 +203,34 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
     return warm * (1.0 if step < start else max(0.0, (cfg.steps - step) / max(cfg.decay_steps, 1)))
 
 
+UPGRADES = ("adain", "coords")  # model-config switches whose layers an --init upgrade adds, at zero
+
+
 def upgraded_config(init_cfg, requested):
     """The model config of a run started from ``init`` weights: their architecture, except that a run asking for
-    AdaIN-conditioned residual blocks (:class:`keyface.core.blocks.ResBlock`) upgrades weights trained without them
-    (the new layers start at zero, so the upgraded generator computes exactly what the old one did)."""
-    if getattr(requested, "adain", False) and not getattr(init_cfg, "adain", True):
-        return replace(init_cfg, adain=True)
-    return init_cfg
+    AdaIN-conditioned residual blocks (:class:`keyface.core.blocks.ResBlock`) or coordinate input channels
+    (``coords``, :class:`keyface.core.blocks.EncoderDecoder`) upgrades weights trained without them (the new weights
+    start at zero, so the upgraded generator computes exactly what the old one did)."""
+    switch = {k: True for k in UPGRADES if getattr(requested, k, False) and not getattr(init_cfg, k, True)}
+    return replace(init_cfg, **switch) if switch else init_cfg
 
 
 def load_upgraded(module, state: dict) -> None:
-    """Load ``state`` into ``module``, allowing only the zero-started AdaIN layers (``.film.``) to be missing."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    """Load ``state`` into ``module``, allowing only the zero-started AdaIN layers (``.film.``) to be missing and an
+    encoder's first convolution to lack the coordinate channels (``blocks.COORDS``, appended last: zero-padded)."""
+    from .blocks import COORDS
+
+    own = module.state_dict()
+    state = dict(state)
+    for k, v in state.items():
+        want = own.get(k)
+        if (want is not None and k.endswith("down.0.0.weight") and v.dim() == 4
+                and tuple(want.shape) == (v.shape[0], v.shape[1] + COORDS, *v.shape[2:])):
+            state[k] = torch.cat([v, v.new_zeros(v.shape[0], COORDS, *v.shape[2:])], 1)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise KeyfaceError(f"the --init weights do not fit this model: {str(e).splitlines()[-1].strip()}") from None
     wrong = list(unexpected) + [k for k in missing if ".film." not in k]
     if wrong:
         raise KeyfaceError(f"the --init weights do not fit this model: {', '.join(wrong[:5])}")

@@ -188,6 +188,28 @@ def test_masked_l1_per_sample_weighs_each_sample_equally():
     assert masked_l1(a, b, torch.zeros_like(mask), per_sample=True).item() == 0
 
 
+def test_focus_fills_batches_with_pairs_of_an_action_unit(tiny_data, tmp_path):
+    from keyface.core.errors import KeyfaceError
+    from keyface.core.methods.atw.trainer import FOCUS
+    from keyface.core.rig import get_schema
+
+    names = list(get_schema("au17").names)
+    tr = Trainer(_cfg(tiny_data, focus={"AU25": 0.5, "AU06": 0.25}), tmp_path / "a", device="cpu", log=lambda m: None)
+    c = tr.train_data.c_t
+    au25, au06 = c[:, names.index("AU25")] >= FOCUS, c[:, names.index("AU06")] >= FOCUS
+    assert 0 < au25.sum() < len(c) and 0 < au06.sum() < len(c)   # the tiny corpus has a few of each
+    for k in range(10):
+        idx = tr.batch_indices(k)
+        assert len(idx) == 4 and au25[idx[:2]].all() and au06[idx[2]]
+        assert np.array_equal(idx, tr.batch_indices(k))  # seeded
+    plain = Trainer(_cfg(tiny_data), tmp_path / "b", device="cpu", log=lambda m: None)
+    assert au25[np.concatenate([plain.batch_indices(k) for k in range(10)])].mean() < 0.5
+    for focus, message in (({"AU99": 0.5}, "unknown action unit"), ({"AU12": 0.5}, "no training pair has AU12"),
+                           ({"AU25": 0.7, "AU06": 0.7}, "more than 1"), ({"AU25": -0.1}, r"in \[0, 1\]")):
+        with pytest.raises(KeyfaceError, match=message):
+            Trainer(_cfg(tiny_data, focus=focus), tmp_path / "c", device="cpu", log=lambda m: None)
+
+
 def test_cli_train_atw(tiny_data, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["train", "atw", "--data", str(tiny_data), "--out", str(out), "--steps", "2", "--batch", "2", "--base",
@@ -200,6 +222,14 @@ def test_cli_train_atw(tiny_data, tmp_path, capsys):
     config = json.loads((tmp_path / "each" / "config.json").read_text())
     assert config["weights"]["changed_per_sample"] is True and config["select"] == "worst"
     assert config["weights"]["img_cancelled"] == 20
+    assert main([*args[:5], str(tmp_path / "focus"), *args[6:], "--focus", "AU25=0.5"]) == 0
+    assert json.loads((tmp_path / "focus" / "config.json").read_text())["focus"] == {"AU25": 0.5}
+    capsys.readouterr()
+    assert main([*args[:5], str(tmp_path / "nofocus"), *args[6:], "--focus", "AU12=0.5"]) == 2
+    assert "no training pair has AU12" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*args[:5], str(tmp_path / "badfocus"), *args[6:], "--focus", "AU12"])
+    assert exit_.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err
     logs = [json.loads(line) for line in (tmp_path / "each" / "log.jsonl").read_text().splitlines()]
     assert all("img_cancelled" in entry for entry in logs if "eval" not in entry)
     assert main([*args[:5], str(tmp_path / "gan"), *args[6:], "--mode", "gan", "--cancelled-weight", "20"]) == 2

@@ -172,6 +172,87 @@ def test_expression_share_fills_batches_with_moving_eyes_or_mouth(tiny_data, tin
                 device="cpu", log=lambda m: None)
 
 
+def test_coordinate_channels_tell_positions_apart_and_upgrade_older_weights():
+    from keyface.core.blocks import EncoderDecoder, positions
+    from keyface.core.errors import KeyfaceError
+    from keyface.core.training import load_upgraded, upgraded_config
+
+    p = positions(2, 4)
+    assert p.shape == (1, 2, 2, 4)
+    assert torch.allclose(p[0, 0, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.allclose(p[0, 1, :, 0], torch.tensor([-0.5, 0.5]))
+    torch.manual_seed(0)
+    old = EncoderDecoder(4, 2, 3, 8, 1, "instance", "relu").eval()
+    new = EncoderDecoder(4, 2, 3, 8, 1, "instance", "relu", coords=True).eval()
+    load_upgraded(new, old.state_dict())        # zero weights for the coordinate channels: the same function
+    x, c = torch.zeros(1, 4, 128, 128), torch.ones(1, 3)   # a blank image: nothing in it says left or right
+
+    def shift_change(o):  # away from the border, how much the output differs from itself 4 px (one period) along x
+        return (o[..., 48:-48, 48:-52] - o[..., 48:-48, 52:-48]).abs().max()
+
+    with torch.no_grad():
+        assert torch.equal(old(x, c), new(x, c))
+        assert shift_change(old(x, c)) < 1e-5   # translation-equivariant (two stride-2 layers: period 4)
+        torch.nn.init.normal_(new.down[0][0].weight[:, -2:], std=0.5)
+        assert shift_change(new(x, c)) > 1e-3   # with the coordinates it can place a change
+    assert upgraded_config(CPTNetConfig(base=4), CPTNetConfig(coords=True)) == CPTNetConfig(base=4, coords=True)
+    assert upgraded_config(CPTNetConfig(base=4, coords=True), CPTNetConfig()).coords
+    with pytest.raises(KeyfaceError, match="do not fit"):
+        load_upgraded(EncoderDecoder(4, 2, 3, 16, 1, "instance", "relu"), old.state_dict())   # another width
+    g = Generator(tiny())
+    g.cfg.coords = True
+    wide = Generator(g.cfg)
+    load_upgraded(wide, Generator(tiny()).state_dict())
+    assert wide(torch.zeros(1, 4, 32, 32), torch.zeros(1, 5))["out"].shape == (1, 4, 32, 32)
+
+
+def test_wink_share_fills_batches_with_one_eye_pairs(tiny_data, tiny_features, tmp_path):
+    import shutil
+
+    from keyface.core.errors import KeyfaceError
+    from keyface.core.methods.cptnet.trainer import WINK
+
+    with pytest.raises(KeyfaceError, match="wink share"):  # the tiny corpus has no one-eye pair
+        Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", wink_share=0.25), tmp_path / "a", device="cpu",
+                log=lambda m: None)
+    data = tmp_path / "data"  # a copy where two training pairs are labelled as winks (sampling only looks at labels)
+    shutil.copytree(tiny_data, data)
+    shard = sorted((data / "train").glob("*.npz"))[0]
+    cols = dict(np.load(shard))
+    cols["param_pose5"][:2, :2] = [[0.0, 1.0], [1.0, 0.2]]
+    np.savez(shard, **cols)
+    tr = Trainer(_cfg(data, tiny_features[0], mode="supervised", batch=8, wink_share=0.25, expression_share=0.5),
+                 tmp_path / "b", device="cpu", log=lambda m: None)
+    wink = np.abs(tr.d[:, 0] - tr.d[:, 1]) > WINK
+    moving = np.abs(tr.d[:, :3]).max(axis=1) > 0.1
+    assert wink.sum() == 2
+    for k in range(20):
+        idx = tr.batch_indices(k)
+        assert len(idx) == 8 and wink[idx[:2]].all() and moving[idx[2:6]].all()
+        assert np.array_equal(idx, tr.batch_indices(k))
+    with pytest.raises(KeyfaceError, match="sum at most 1"):
+        Trainer(_cfg(data, tiny_features[0], mode="supervised", wink_share=0.6, expression_share=0.6),
+                tmp_path / "c", device="cpu", log=lambda m: None)
+
+
+def test_cli_train_cptnet_records_our_batch_and_loss_options(tiny_data, tiny_features, tmp_path, capsys):
+    from keyface.core.cli import main
+
+    args = ["train", "cptnet", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
+            "--base", "4", "--blocks", "1", "--k", "2", "--mode", "supervised", "--features", str(tiny_features[0]),
+            "--quiet", "--device", "cpu"]
+    assert main([*args, "--expression-share", "0.5", "--flip", "--cancelled-weight", "100"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["expression_share"] == 0.5 and config["flip"] is True and config["weights"]["cancelled"] == 100
+    assert config["wink_share"] == 0 and config["model"]["coords"] is False
+    args[5] = str(tmp_path / "coords")
+    assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors")]) == 0
+    assert json.loads((tmp_path / "coords" / "config.json").read_text())["model"]["coords"] is True
+    args[5] = str(tmp_path / "winks")
+    assert main([*args, "--wink-share", "0.5"]) == 2   # the tiny corpus has no one-eye pair: a clear refusal
+    assert "wink share" in capsys.readouterr().err
+
+
 def test_flip_mirrors_pairs_and_their_pose():
     from keyface.core.methods.cptnet.trainer import mirror
     from keyface.core.rig import character_schema

@@ -19,6 +19,7 @@ import torch
 
 from ...analytic import psnr
 from ...errors import KeyfaceError
+from ...rig import get_schema
 from ...training import (
     RunConfig,
     RunTrainer,
@@ -26,12 +27,13 @@ from ...training import (
     from_net,
     load_split,
     lr_factor,
+    mixed_indices,
     save_weights,
     ssim,
     to_net,
     validation_seeds,
 )
-from .conditioning import driving
+from .conditioning import SCHEMA, driving
 from .losses import LossWeights, critic_losses, generator_losses
 from .networks import ATWConfig, Critic, Generator
 
@@ -48,11 +50,18 @@ def eval_score(rows: dict, select: str = "mean") -> float:
     return float(rules[select](gains))
 
 
+FOCUS = 0.5  # a pair counts for an AU's focus share when its driving value (AU intensity / 5) is at least this
+
+
 @dataclass
 class TrainConfig(RunConfig):
     model: ATWConfig = field(default_factory=ATWConfig)
     weights: LossWeights = field(default_factory=LossWeights)
     select: str = "mean"  # best checkpoint by the mean gain over the targets or by the worst target's
+    # our addition (empty = the paper's uniform batches): {AU name: F} draws that fraction of each batch from the pairs
+    # whose target has that AU at intensity ≥ :data:`FOCUS` × 5; a full smile (AU12) is in ~6 % of the pairs and
+    # changes ~0.3 % of a face crop's pixels, and 6,280 uniform steps did not learn it
+    focus: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -173,6 +182,7 @@ class Trainer(RunTrainer):
         self.opt_d = self.adam(list(self.dr.parameters()) + list(self.dw.parameters())) if self.gan else None
         self.optimizers = {"g": self.opt_g, "d": self.opt_d}
         self.train_data = PairData(cfg.data, "train")
+        self.focus = self.focus_pools()
         from ...synth.dataset import load_manifest
 
         self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
@@ -180,8 +190,29 @@ class Trainer(RunTrainer):
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * lr_factor(self.cfg, step)
 
+    def focus_pools(self) -> list:
+        """(indices, share) per AU of ``cfg.focus``: the training pairs whose target has that AU at ≥ FOCUS."""
+        names = list(get_schema(SCHEMA).names)
+        pools = []
+        for au, share in self.cfg.focus.items():
+            if au not in names:
+                raise KeyfaceError(f"focus: unknown action unit {au!r} (one of {', '.join(names)})")
+            if not 0 <= share <= 1:
+                raise KeyfaceError(f"focus: the share of {au} must be in [0, 1], got {share}")
+            idx = np.flatnonzero(self.train_data.c_t[:, names.index(au)] >= FOCUS)
+            if share and not len(idx):
+                raise KeyfaceError(f"{self.cfg.data}: no training pair has {au} at intensity ≥ {FOCUS * 5:g} (focus)")
+            pools.append((idx, share))
+        if sum(share for _, share in pools) > 1:
+            raise KeyfaceError("focus: the shares add up to more than 1")
+        return pools
+
+    def batch_indices(self, k: int) -> np.ndarray:
+        """Training-pair indices of batch ``k`` (seeded): the focus shares first, then uniform draws."""
+        return mixed_indices(self.rng(k), self.cfg.batch, len(self.train_data), self.focus)
+
     def _batch(self, k: int) -> dict:
-        return self.train_data.batch(self.rng(k).integers(0, len(self.train_data), self.cfg.batch), self.device)
+        return self.train_data.batch(self.batch_indices(k), self.device)
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.cfg.weights

@@ -22,7 +22,9 @@ Choices where the paper is silent (written down here):
 * The trunk is :class:`keyface.core.blocks.EncoderDecoder` (3×3 first conv instead of StarGAN's 7×7). Besides the
   paper's tiled pose at the input (and at the bottleneck), its residual blocks are AdaIN-conditioned on the pose
   (``adain``): instance norm erases a constant input plane (see the EncoderDecoder docstring; the shipped model
-  predates this and was trained without it). Widths are configurable: ``base`` 64 is StarGAN's; CPU runs use 16.
+  predates this and was trained without it). ``coords`` (off by default) also gives the trunk the pixel coordinates:
+  which eye an eye signal closes is a matter of position (see the EncoderDecoder docstring). Widths are configurable:
+  ``base`` 64 is StarGAN's; CPU runs use 16.
 * The grid decoder's last convolution starts at zero (the identity grid): the grid branch begins as a copy. Likewise
   the attention head's bias starts at :data:`KEEP_BIAS` (A ≈ 0.95): each mask step begins by mostly keeping its input
   instead of blending it half-and-half with untrained content (measured on the mask variant, default init: L1 still 7×
@@ -67,6 +69,7 @@ class CPTNetConfig:
     critic_base: int = 64
     critic_layers: int = 6
     adain: bool = True          # AdaIN-conditioned residual blocks (blocks.EncoderDecoder); False: older weights
+    coords: bool = False        # coordinate channels at the trunk's input (blocks.EncoderDecoder; our addition)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -109,7 +112,8 @@ class Generator(nn.Module):
         self.cfg = cfg
         c = cfg.channels
         # the shared trunk; its decoder (``trunk.up``) is the mask generator's, with A and C heads (1 + c channels)
-        self.trunk = EncoderDecoder(c, 1 + c, cfg.pose, cfg.base, cfg.blocks, "instance", "relu", cfg.adain)
+        self.trunk = EncoderDecoder(c, 1 + c, cfg.pose, cfg.base, cfg.blocks, "instance", "relu", cfg.adain,
+                                    cfg.coords)
         with torch.no_grad():
             self.trunk.up[-1].bias[0] = KEEP_BIAS
         self.grid_up = up_decoder(cfg.base, 2) if cfg.uses_grid else None

@@ -23,6 +23,7 @@ from ...training import (
     composite,
     from_net,
     load_split,
+    mixed_indices,
     save_weights,
     ssim,
     to_net,
@@ -41,6 +42,7 @@ EVAL_POSES = {
 }
 REST5 = {"eye_left": 1.0, "eye_right": 1.0, "mouth": 0.0, "head_pitch": 0.0, "head_yaw": 0.0}
 EXPRESSIVE = 0.1  # a pair is expressive when an eye or the mouth is this far from rest (pose5 units)
+WINK = 0.5        # a pair is a wink when its two eyes differ by more than this (pose5 units)
 
 
 @dataclass
@@ -57,6 +59,9 @@ class TrainConfig(RunConfig):
     # our addition (off = the paper): mirror each pair left–right with probability ½ (the pose follows: eye_left and
     # eye_right swap, yaw changes sign), so every left wink is also a right one (one-eye pairs are ~3 % of the corpus)
     flip: bool = False
+    # our addition (0 = the paper): this fraction of each batch is drawn from the one-eye pairs (:data:`WINK`); the
+    # expression share alone leaves ~1 wink per batch of 8 and the face stage learned to close both eyes together
+    wink_share: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -164,19 +169,24 @@ class Trainer(RunTrainer):
         cols = load_split(cfg.data, "train", ("rest", "posed", "param_pose5"))
         self.rest, self.posed, self.d = cols["rest"], cols["posed"], drive(cols["param_pose5"])
         self.expressive = np.flatnonzero(np.abs(self.d[:, :3]).max(axis=1) > EXPRESSIVE)
-        if not 0 <= cfg.expression_share <= 1:
-            raise KeyfaceError("expression share must be in [0, 1]")
+        self.winks = np.flatnonzero(np.abs(self.d[:, 0] - self.d[:, 1]) > WINK)
+        if not (0 <= cfg.expression_share <= 1 and 0 <= cfg.wink_share <= 1
+                and cfg.expression_share + cfg.wink_share <= 1):
+            raise KeyfaceError("expression share and wink share must be in [0, 1], their sum at most 1")
         if cfg.expression_share and not len(self.expressive):
             raise KeyfaceError(f"{cfg.data}: no training pair moves the eyes or the mouth (expression share)")
+        if cfg.wink_share and not len(self.winks):
+            raise KeyfaceError(f"{cfg.data}: no training pair closes one eye more than the other (wink share)")
         if self.rest.shape[1] != cfg.model.size:
             cfg.model.size = int(self.rest.shape[1])  # the generator is fully convolutional; record the data's size
         self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
 
     def batch_indices(self, k: int) -> np.ndarray:
-        rng, n = self.rng(k), self.cfg.batch
-        share = round(n * self.cfg.expression_share)
-        uniform = rng.integers(0, len(self.rest), n - share)
-        return np.concatenate([rng.choice(self.expressive, share), uniform]) if share else uniform
+        """Training-pair indices of batch ``k`` (seeded): the wink share first, then the expression share, then
+        uniform draws."""
+        cfg = self.cfg
+        return mixed_indices(self.rng(k), cfg.batch, len(self.rest),
+                             [(self.winks, cfg.wink_share), (self.expressive, cfg.expression_share)])
 
     def _batch(self, k: int) -> tuple:
         idx = self.batch_indices(k)

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...blocks import positions
 from ...errors import KeyfaceError
 from ...io import atomic_write_text
-from .student import FACE_PARAMS, OMEGA, POSE_DIM, positions
+from .student import FACE_PARAMS, OMEGA, POSE_DIM
 
 FACE_WIDTH, FACE_LAYERS = 128, 8
 BODY_WIDTHS = ((360, 360, 180), (180, 180, 90), (90, 90, 90))

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...blocks import positions
 from ...errors import KeyfaceError
 from ...training import pick_device
 from .convention import linear_to_srgb, srgb_to_linear
-from .student import FACE_BOX, Student, StudentWeights, positions
+from .student import FACE_BOX, Student, StudentWeights
 
 SIZE = 512
 

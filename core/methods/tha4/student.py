@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ...blocks import positions
 from ...errors import KeyfaceError
 
 OMEGA = 30.0
@@ -44,13 +45,6 @@ FACE_BOX = (80, 208, 192, 320)  # rows y0:y1, cols x0:x1 of the 512² image (mod
 FACE_PARAMS = 39
 POSE_DIM = 45
 LEVELS = (128, 256, 512)
-
-
-def positions(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(1, 2, n, n): pixel-centre coordinates in [−1, 1], channels (x, y)."""
-    t = (torch.arange(n, device=device, dtype=dtype) * 2 + 1) / n - 1
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    return torch.stack([xx, yy])[None]
 
 
 def _check_official(sd: dict, kind: str) -> None:

@@ -167,7 +167,7 @@ class EncoderDecoder(nn.Module):
         """The shared part (CPTNet's mask and grid generators share it): features at 1/4 resolution."""
         parts = [x, tile(c, x.shape[2:])]
         if self.coords:
-            parts.append(positions(*x.shape[2:], device=x.device, dtype=x.dtype).expand(len(x), -1, -1, -1))
+            parts.append(positions(x.shape[2], x.device, x.dtype, w=x.shape[3]).expand(len(x), -1, -1, -1))
         h = self.down(torch.cat(parts, 1))
         h = self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1))
         for block in self.blocks:
@@ -181,7 +181,7 @@ class EncoderDecoder(nn.Module):
 COORDS = 2  # coordinate channels (x, y) of EncoderDecoder(coords=True), appended after the image and the signal
 
 
-def positions(h: int, w: int | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+def positions(h: int, device=None, dtype=torch.float32, w: int | None = None) -> torch.Tensor:
     """(1, 2, h, w): pixel-centre coordinates in [−1, 1], channels (x, y) (``w`` defaults to ``h``)."""
     w = h if w is None else w
     ty = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1

@@ -345,7 +345,8 @@ def cmd_train_cptnet(args, out) -> int:
     cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed, lr=args.lr,
                       lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, features=args.features or "",
-                      weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight),
+                      weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight,
+                                          cancelled_everywhere=args.cancelled_everywhere),
                       init=args.init or "",
                       expression_share=args.expression_share, wink_share=args.wink_share, flip=args.flip,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
@@ -683,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--cancelled-weight", type=float, default=0.0, metavar="W",
                     help="weight of the changed-pixel L1 of the bias-cancelled output, G(I, pose) − G(I, rest), as "
                          "the render path applies it (our addition; 0 = off)")
+    tc.add_argument("--cancelled-everywhere", action="store_true",
+                    help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
+                         "ask for cost as much as missed ones (our addition)")
     tc.add_argument("--expression-share", type=float, default=0.0, metavar="F",
                     help="fraction of each batch drawn from pairs that move the eyes or the mouth (our addition; "
                          "0 = uniform, the paper)")

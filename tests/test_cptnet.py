@@ -117,6 +117,14 @@ def test_loss_terms(tiny_features):
     same_at_rest = generator_losses(b, b, w3, source=src, rest_out=b)      # right image, but not from the pose
     assert torch.allclose(same_at_rest["cancelled"], (b - src)[:, :, :4, :4].abs().mean()) and same_at_rest["pair"] == 0
     assert "cancelled" not in generator_losses(a, b, w3, source=src)       # needs the rest-pose output
+    # everywhere: a change the pose did not ask for (outside the 4×4 corner) costs per changed pixel, too
+    w4 = LossWeights(cancelled=1000.0, perc=0.0, cancelled_everywhere=True)
+    assert generator_losses(a, b, w4, source=src, rest_out=a - (b - src))["cancelled"] < 1e-6
+    extra = a - (b - src)
+    extra[:, :, 10:14, 10:14] -= 0.25                                        # a spurious 4×4 change elsewhere
+    t4 = generator_losses(a, b, w4, source=src, rest_out=extra)
+    assert torch.allclose(t4["cancelled"], torch.tensor(0.25))               # 16 px × 0.25 / 16 changed px
+    assert generator_losses(a, b, w3, source=src, rest_out=extra)["cancelled"] < 1e-6   # unseen over changed px only
 
 
 def test_feature_network(tiny_features):
@@ -177,7 +185,7 @@ def test_coordinate_channels_tell_positions_apart_and_upgrade_older_weights():
     from keyface.core.errors import KeyfaceError
     from keyface.core.training import load_upgraded, upgraded_config
 
-    p = positions(2, 4)
+    p = positions(2, w=4)
     assert p.shape == (1, 2, 2, 4)
     assert torch.allclose(p[0, 0, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
     assert torch.allclose(p[0, 1, :, 0], torch.tensor([-0.5, 0.5]))
@@ -241,9 +249,11 @@ def test_cli_train_cptnet_records_our_batch_and_loss_options(tiny_data, tiny_fea
     args = ["train", "cptnet", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "2",
             "--base", "4", "--blocks", "1", "--k", "2", "--mode", "supervised", "--features", str(tiny_features[0]),
             "--quiet", "--device", "cpu"]
-    assert main([*args, "--expression-share", "0.5", "--flip", "--cancelled-weight", "100"]) == 0
+    assert main([*args, "--expression-share", "0.5", "--flip", "--cancelled-weight", "100",
+                 "--cancelled-everywhere"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["expression_share"] == 0.5 and config["flip"] is True and config["weights"]["cancelled"] == 100
+    assert config["weights"]["cancelled_everywhere"] is True
     assert config["wink_share"] == 0 and config["model"]["coords"] is False
     args[5] = str(tmp_path / "coords")
     assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors")]) == 0
@@ -437,7 +447,6 @@ def test_shipped_feature_network_sees_identity_more_than_pose():
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")
-@pytest.mark.xfail(strict=True, reason="issue 8 open: the shipped cptnet-pose5 has not learned eyes (model card)")
 @pytest.mark.parametrize("seed", [987_654, 11])
 def test_shipped_model_eye_left_changes_mainly_the_left_eye(seed):
     # Through the render path (crop → generator → ResWarp at 256²), on characters the model never saw: eye_left = 0

@@ -19,7 +19,8 @@
   (:func:`keyface.core.losses.cancelled_l1`): G(I, d) − G(I, rest) against the true change, as the render path applies
   it. The plain L_changed can be lowered by changes that ignore the pose (measured: a generator trained with it closed
   the eyes at every pose, which the render path's cancellation then removes — one reason the first shipped model
-  never blinks); this one cannot. Costs a second generator pass at the rest pose per step.
+  never blinks); this one cannot. Costs a second generator pass at the rest pose per step. ``cancelled_everywhere``
+  also charges the changes the pose does not ask for (closing the other eye on a wink) per changed pixel.
 
 Only the final image is supervised, as in the paper (the face stage, the branches and the masks are trained through
 it). ``mode`` "supervised" drops L_adv (no critic; used for quick CPU runs and the ablation's equal budgets).
@@ -43,6 +44,7 @@ class LossWeights:
     gp: float = 10.0
     changed: float = 0.0
     cancelled: float = 0.0
+    cancelled_everywhere: bool = False  # L_cancelled over every pixel, per changed pixel (see cancelled_l1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +65,7 @@ def generator_losses(out: torch.Tensor, target: torch.Tensor, w: LossWeights, fe
     terms = {"pair": (out - target).abs().mean()}
     total = w.pair * terms["pair"]
     if source is not None and rest_out is not None and w.cancelled:
-        terms["cancelled"] = cancelled_l1(out, rest_out, target, source)
+        terms["cancelled"] = cancelled_l1(out, rest_out, target, source, w.cancelled_everywhere)
         total = total + w.cancelled * terms["cancelled"]
     if source is not None and w.changed:
         terms["changed"] = masked_l1(out, target, changed_mask(target, source), per_sample=True)

@@ -147,8 +147,10 @@ class EncoderDecoder(nn.Module):
     (CoordConv). Why: a convolution is translation-equivariant, so telling the left eye from the right one in a
     centred head crop must come from context or zero-padding border effects; measured on CPTNet (2026-11-21), 680
     fine-tuning steps with left-right mirrored pairs learned to close the eyes but closed both for either eye signal.
-    The coordinate channels come last; weights without them are upgraded by zero input weights for those channels
-    (:func:`keyface.core.training.load_upgraded`), the same function."""
+    With coordinates alone 235 more steps still closed both; the shipped CPTNet, which closes one, also needed the
+    every-pixel cancelled loss (:func:`keyface.core.losses.cancelled_l1`), and which of the two was necessary is not
+    isolated. The coordinate channels come last; weights without them are upgraded by zero input weights for those
+    channels (:func:`keyface.core.training.load_upgraded`), the same function."""
 
     def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str,
                  adain: bool = True, coords: bool = False):

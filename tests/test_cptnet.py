@@ -207,9 +207,7 @@ def test_coordinate_channels_tell_positions_apart_and_upgrade_older_weights():
     assert upgraded_config(CPTNetConfig(base=4, coords=True), CPTNetConfig()).coords
     with pytest.raises(KeyfaceError, match="do not fit"):
         load_upgraded(EncoderDecoder(4, 2, 3, 16, 1, "instance", "relu"), old.state_dict())   # another width
-    g = Generator(tiny())
-    g.cfg.coords = True
-    wide = Generator(g.cfg)
+    wide = Generator(CPTNetConfig(**{**tiny().to_dict(), "coords": True}))
     load_upgraded(wide, Generator(tiny()).state_dict())
     assert wide(torch.zeros(1, 4, 32, 32), torch.zeros(1, 5))["out"].shape == (1, 4, 32, 32)
 

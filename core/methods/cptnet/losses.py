@@ -12,8 +12,8 @@
   differs from the input, within each sample (:func:`keyface.core.losses.masked_l1` with ``per_sample``). A one-eye
   blink changes 0.6–0.7 % of a 128² head crop (measured on two characters), so under L_pair alone the cheapest start
   is to copy the input: measured, the ``mask`` variant changed 3 pixels for eye_left = 0 after 500 steps at batch 8.
-  The shipped model and the ablation's runs use ``changed`` = 1000 (= λ1), the same for every variant: with it head
-  turns are learned within 800 steps, eyes and mouth not yet (see the model card).
+  The ablation's runs and the shipped model's first stage use ``changed`` = 1000 (= λ1), the same for every variant:
+  with it head turns are learned within 800 steps, eyes and mouth not (see the model card).
 
 * L_cancelled (our addition, off by default: ``cancelled`` = 0): the changed-pixel L1 of the *bias-cancelled* output
   (:func:`keyface.core.losses.cancelled_l1`): G(I, d) − G(I, rest) against the true change, as the render path applies

@@ -687,15 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--cancelled-everywhere", action="store_true",
                     help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
                          "ask for cost as much as missed ones (our addition)")
-    tc.add_argument("--expression-share", type=float, default=0.0, metavar="F",
-                    help="fraction of each batch drawn from pairs that move the eyes or the mouth (our addition; "
-                         "0 = uniform, the paper)")
+    for flag, pairs in (("--expression-share", "pairs that move the eyes or the mouth"),
+                        ("--wink-share", "pairs that close one eye more than the other")):
+        tc.add_argument(flag, type=float, default=0.0, metavar="F",
+                        help=f"fraction of each batch drawn from {pairs} (our addition; 0 = uniform, the paper)")
     tc.add_argument("--coords", action="store_true",
                     help="give the trunk the pixel coordinates (CoordConv; our addition; with --init, weights without "
                          "them are upgraded: the new input weights start at zero)")
-    tc.add_argument("--wink-share", type=float, default=0.0, metavar="F",
-                    help="fraction of each batch drawn from pairs that close one eye more than the other (our "
-                         "addition; 0 = off)")
     tc.add_argument("--flip", action="store_true",
                     help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "

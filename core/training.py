@@ -156,7 +156,7 @@ def load_weights(path, build, method: str, device="cpu"):
     if not path.exists():
         raise KeyfaceError(f"model weights not found: {path}")
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         if meta.get("method", method) != method:
             raise ValueError(f"these are {meta['method']} weights, not {method}")
         module = build(meta["model"])
@@ -266,7 +266,7 @@ class RunTrainer(ABC):
         if resume:
             if not (self.run / "config.json").exists():
                 raise KeyfaceError(f"nothing to resume in {self.run} (no config.json)")
-            saved = self.config_class.from_dict(json.loads((self.run / "config.json").read_text()))
+            saved = self.config_class.from_dict(json.loads((self.run / "config.json").read_text(encoding="utf-8")))
             saved.steps = cfg.steps  # a resumed run may be extended
             cfg = saved
         elif (self.run / "checkpoint.safetensors").exists():
@@ -356,7 +356,7 @@ class RunTrainer(ABC):
         for k, o in self.optimizers.items():
             if o is not None and optim.get(k):
                 o.load_state_dict(optim[k])
-        state = json.loads((self.run / "state.json").read_text())
+        state = json.loads((self.run / "state.json").read_text(encoding="utf-8"))
         self.step = state["step"]
         self.best_score = -math.inf if state.get("best_score") is None else state["best_score"]
 
@@ -367,7 +367,7 @@ class RunTrainer(ABC):
         started = time.monotonic()
         result = None
         record = {"mode": cfg.mode, "data": cfg.data}
-        with (self.run / "log.jsonl").open("a") as log:
+        with (self.run / "log.jsonl").open("a", encoding="utf-8") as log:
             while self.step < cfg.steps and not should_stop():
                 self.set_lr()
                 logs = self.train_step()

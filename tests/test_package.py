@@ -54,3 +54,17 @@ def test_host_apis_only_in_addon_host_folders():
             if pattern.search(path.read_text()) and not in_host_folder:
                 offenders.append(str(rel))
     assert offenders == []
+
+
+def test_shipped_weights_load_under_an_ascii_locale():
+    # Hosts (Krita's Python among them) may run with a C/ASCII locale; keyface's JSON files are UTF-8 and must load
+    # there too (measured: the Krita end-to-end render failed on a "→" in a weights JSON before reads named the encoding).
+    import os
+
+    code = ("import locale; from keyface.core.models import get_model\n"
+            "assert locale.getpreferredencoding(False).lower() in ('ascii', 'ansi_x3.4-1968'), "
+            "locale.getpreferredencoding(False)\n"
+            "for name in ('atw-au17', 'cptnet-pose5'): get_model(name).load('cpu')\n")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -50,7 +50,7 @@ def _load():
     import PyQt5.QtGui  # noqa: F401
     import PyQt5.QtWidgets  # noqa: F401
 
-    env = json.loads(Path(__file__).with_name("environment.json").read_text())
+    env = json.loads(Path(__file__).with_name("environment.json").read_text(encoding="utf-8"))
     want = tuple(env["python"])
     if sys.version_info[:2] != want:
         raise RuntimeError("keyface was installed for Python %d.%d but Krita runs Python %d.%d: run "
@@ -168,7 +168,7 @@ def install(pykrita: Path | None = None, kritarc: Path | None = None) -> list[st
     atomic_write_text(pykrita / f"{PLUGIN}.desktop", DESKTOP)
     atomic_write_text(folder / "environment.json", json.dumps(env, indent=1))
     atomic_write_text(folder / "__init__.py", SHIM.format(marker=MARKER))
-    old = kritarc.read_text() if kritarc.exists() else ""
+    old = kritarc.read_text(encoding="utf-8") if kritarc.exists() else ""
     kritarc.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(kritarc, set_ini_value(old, "python", f"enable_{PLUGIN}", "true"))
     return [f"plugin: {folder} (+ {PLUGIN}.desktop)",
@@ -192,7 +192,7 @@ def uninstall(pykrita: Path | None = None, kritarc: Path | None = None) -> list[
         desktop.unlink()
         done.append(f"removed {desktop}")
     if kritarc.exists():
-        old = kritarc.read_text()
+        old = kritarc.read_text(encoding="utf-8")
         new = set_ini_value(old, "python", f"enable_{PLUGIN}", None)
         if new != old:
             atomic_write_text(kritarc, new)
@@ -202,4 +202,4 @@ def uninstall(pykrita: Path | None = None, kritarc: Path | None = None) -> list[
 
 def _ours(folder: Path) -> bool:
     init = folder / "__init__.py"
-    return init.exists() and MARKER in init.read_text(errors="replace")
+    return init.exists() and MARKER in init.read_text(encoding="utf-8", errors="replace")

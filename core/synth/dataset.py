@@ -136,7 +136,7 @@ def write_dataset(out_dir, cfg: SynthConfig, workers: int | None = None, progres
     splits = character_seeds(cfg)
     manifest = {"keyface_synth": FORMAT, "config": asdict(cfg), "splits": splits, "shards": {}}
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if old.get("config") != asdict(cfg):
             raise KeyfaceError(f"{out} holds a dataset with another configuration ({old.get('config')}); "
                                "choose a new folder")
@@ -181,7 +181,7 @@ def load_manifest(path) -> dict:
     p = Path(path)
     p = p / "manifest.json" if p.is_dir() else p
     try:
-        manifest = json.loads(p.read_text())
+        manifest = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KeyfaceError(f"no synthetic dataset at {path} (manifest.json missing)") from None
     except json.JSONDecodeError as exc:

@@ -243,7 +243,7 @@ def ablation(weights: list, data, device="cpu", out=None) -> list[dict]:
         gen = load_generator(path, dev)
         r = evaluate_pairs(gen, cols["rest"], cols["posed"], cols["param_pose5"], dev)
         base = r["identity"]
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        meta = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
         rows.append({"variant": gen.cfg.variant, "k": gen.cfg.steps, "weights": str(path),
                      "steps": meta.get("steps"), **r["ours"]})
     rows.sort(key=lambda r: TABLE1_ORDER.index(r["variant"]))

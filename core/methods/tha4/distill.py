@@ -212,7 +212,7 @@ class Distiller:
             {"face_seen": self.face_seen, "body_seen": self.body_seen, "config": asdict(self.cfg)}))
 
     def _load(self) -> None:
-        state = json.loads((self.out / "distill_state.json").read_text())
+        state = json.loads((self.out / "distill_state.json").read_text(encoding="utf-8"))
         ck = torch.load(self.out / "distill_ckpt.pt", map_location=self.device, weights_only=True)
         self.face.load_state_dict(ck["face"])
         self.body.load_state_dict(ck["body"])
@@ -267,7 +267,7 @@ class Distiller:
         cfg = self.cfg
         last = time.monotonic()
         started = time.monotonic()
-        with (self.out / "distill_log.jsonl").open("a") as log:
+        with (self.out / "distill_log.jsonl").open("a", encoding="utf-8") as log:
             while (self.face_seen < cfg.face_examples or self.body_seen < cfg.body_examples) and not should_stop():
                 logs = {}
                 if self.face_seen < cfg.face_examples:

@@ -85,7 +85,7 @@ class TeacherTrainer(RunTrainer):
 
         from ...training import load_weights
 
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        meta = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
         stage = meta.get("stage")
         if stage not in STAGES:
             raise KeyfaceError(f"{path} is not a THA4 teacher stage")

@@ -58,7 +58,8 @@ def test_host_apis_only_in_addon_host_folders():
 
 def test_shipped_weights_load_under_an_ascii_locale():
     # Hosts (Krita's Python among them) may run with a C/ASCII locale; keyface's JSON files are UTF-8 and must load
-    # there too (measured: the Krita end-to-end render failed on a "→" in a weights JSON before reads named the encoding).
+    # there too (measured: the Krita end-to-end render failed on a "→" in a weights JSON before reads named the
+    # encoding).
     import os
 
     code = ("import locale; from keyface.core.models import get_model\n"

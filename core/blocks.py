@@ -147,15 +147,16 @@ class EncoderDecoder(nn.Module):
     (CoordConv). Why: a convolution is translation-equivariant, so telling the left eye from the right one in a
     centred head crop must come from context or zero-padding border effects; measured on CPTNet (2026-11-21), 680
     fine-tuning steps with left-right mirrored pairs learned to close the eyes but closed both for either eye signal.
-    With coordinates alone 235 more steps still closed both; the shipped CPTNet, which closes one, also needed the
-    every-pixel cancelled loss (:func:`keyface.core.losses.cancelled_l1`), and which of the two was necessary is not
-    isolated. The coordinate channels come last; weights without them are upgraded by zero input weights for those
-    channels (:func:`keyface.core.training.load_upgraded`), the same function."""
+    With coordinates alone 235 more steps still closed both; the shipped CPTNet, which closes one, was then also
+    trained with the every-pixel cancelled loss (:func:`keyface.core.losses.cancelled_l1`); which of the two was
+    necessary is not isolated. The coordinate channels come last; weights without them are upgraded by zero input
+    weights for those channels (:func:`keyface.core.training.load_upgraded`), the same function."""
 
     def __init__(self, cin: int, cout: int, cdim: int, base: int, blocks: int, norm: str, act: str,
                  adain: bool = True, coords: bool = False):
         super().__init__()
         self.coords = coords
+        self._positions = None  # the coordinate maps of the last input size (the trunk runs several times per frame)
         self.down = nn.Sequential(
             conv_unit(cin + cdim + (COORDS if coords else 0), base, 3, norm=norm, act=act),
             conv_unit(base, 2 * base, 4, stride=2, norm=norm, act=act),
@@ -169,7 +170,10 @@ class EncoderDecoder(nn.Module):
         """The shared part (CPTNet's mask and grid generators share it): features at 1/4 resolution."""
         parts = [x, tile(c, x.shape[2:])]
         if self.coords:
-            parts.append(positions(x.shape[2], x.device, x.dtype, w=x.shape[3]).expand(len(x), -1, -1, -1))
+            p = self._positions
+            if p is None or p.shape[2:] != x.shape[2:] or p.device != x.device or p.dtype != x.dtype:
+                p = self._positions = positions(x.shape[2], x.device, x.dtype, w=x.shape[3])
+            parts.append(p.expand(len(x), -1, -1, -1))
         h = self.down(torch.cat(parts, 1))
         h = self.fuse(torch.cat([h, tile(c, h.shape[2:])], 1))
         for block in self.blocks:

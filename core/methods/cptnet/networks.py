@@ -21,10 +21,10 @@ Choices where the paper is silent (written down here):
 * Images are RGBA, premultiplied, in [−1, 1] (as ATW): C has 4 channels, warping premultiplied colour has no fringes.
 * The trunk is :class:`keyface.core.blocks.EncoderDecoder` (3×3 first conv instead of StarGAN's 7×7). Besides the
   paper's tiled pose at the input (and at the bottleneck), its residual blocks are AdaIN-conditioned on the pose
-  (``adain``): instance norm erases a constant input plane (see the EncoderDecoder docstring; the shipped model
-  predates this and was trained without it). ``coords`` (off by default) also gives the trunk the pixel coordinates:
-  which eye an eye signal closes is a matter of position (see the EncoderDecoder docstring). Widths are configurable:
-  ``base`` 64 is StarGAN's; CPU runs use 16.
+  (``adain``): instance norm erases a constant input plane (see the EncoderDecoder docstring; the shipped model's
+  first stage was trained without it, the layers were added at zero). ``coords`` (off by default) also gives the trunk
+  the pixel coordinates: which eye an eye signal closes is a matter of position (see the EncoderDecoder docstring).
+  Widths are configurable: ``base`` 64 is StarGAN's; CPU runs use 16.
 * The grid decoder's last convolution starts at zero (the identity grid): the grid branch begins as a copy. Likewise
   the attention head's bias starts at :data:`KEEP_BIAS` (A ≈ 0.95): each mask step begins by mostly keeping its input
   instead of blending it half-and-half with untrained content (measured on the mask variant, default init: L1 still 7×

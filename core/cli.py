@@ -371,7 +371,7 @@ def cmd_train_tha4_teacher(args, out) -> int:
         mults = tuple(int(m) for m in args.mults.split(",")) if args.mults else model.mults
         model = replace(model, base=args.base or model.base, mults=mults)
     cfg = TeacherConfig(data=args.data, steps=args.steps, batch=args.batch, seed=args.seed, lr=args.lr,
-                        beta1=0.5, warmup_steps=max(1, 5000 // args.batch), eval_every=args.eval_every,
+                        beta1=0.5, warmup_steps=max(1, args.warmup_examples // args.batch), eval_every=args.eval_every,
                         eval_characters=args.eval_characters, stage=args.stage, model=model,
                         features=args.features or "", rotator=args.rotator or "", init=args.init or "")
     trainer = TeacherTrainer(cfg, args.out, device=args.device, resume=args.resume,
@@ -425,6 +425,12 @@ def cmd_distill(args, out) -> int:
     if img.shape != (512, 512, 4) or img.dtype != np.uint8:
         raise KeyfaceError(f"{args.image}: THA4 distills a 512×512 8-bit RGBA character image, got "
                            f"{img.shape[1]}×{img.shape[0]} {img.dtype}")
+    # a reduced teacher works at its own size (e.g. 256²): the character and the mask are scaled down to it; the
+    # students are coordinate networks, so the character model they make still renders at 512²
+    size = getattr(teacher, "size", 512)
+    image = to_official(img)
+    if size != 512:
+        image = torch.nn.functional.interpolate(image, size=(size, size), mode="area")
     mask = None
     if args.face_mask:
         m = read_image(args.face_mask)
@@ -433,9 +439,11 @@ def cmd_distill(args, out) -> int:
         y0, y1, x0, x1 = face_box(512)
         m = m[y0:y1, x0:x1, :3].max(axis=2) if m.ndim == 3 else m[y0:y1, x0:x1]
         mask = torch.from_numpy((m > (m.max() / 2)).astype(np.float32))[None, None]
+        if size != 512:  # a face-crop pixel is movable when any pixel it covers is
+            mask = torch.nn.functional.adaptive_max_pool2d(mask, size // 4)
     cfg = DistillConfig(face_examples=args.face_examples, body_examples=args.body_examples, batch=args.batch,
-                        seed=args.seed, eval_poses=args.eval_poses)
-    d = Distiller(teacher, to_official(img), mask, args.out, cfg, device=str(teacher.device),
+                        size=size, seed=args.seed, eval_poses=args.eval_poses)
+    d = Distiller(teacher, image, mask, args.out, cfg, device=str(teacher.device),
                   log=lambda m: tqdm.write(m, file=out))
     shutil.copyfile(args.image, Path(args.out) / "character.png")
     total = cfg.face_examples + cfg.body_examples
@@ -482,6 +490,23 @@ def cmd_eval_cptnet(args, out) -> int:
     from .methods.cptnet.trainer import ablation
 
     rows = ablation(args.weights, args.data, args.device, out=out)
+    if args.json:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_eval_tha4_teacher(args, out) -> int:
+    from .methods.tha4.train_teacher import TeacherPipeline, evaluate_teacher
+    from .training import pick_device
+
+    teacher = TeacherPipeline(args.folder, pick_device(args.device))
+    rows = {}
+    for data in args.data:
+        r = rows[data] = evaluate_teacher(teacher, data)
+        out.write(f"{data}: {r['pairs']} held-out pairs at {teacher.size}², PSNR {r['psnr']:.2f} dB (identity "
+                  f"{r['identity']:.2f}), face box {r['face_psnr']:.2f} dB (identity {r['face_identity']:.2f})\n")
     if args.json:
         from .io import atomic_write_text
 
@@ -698,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
     th = tsub.add_parser("tha4-teacher", help="a stage of keyface's THA4 teacher (seed 001 App. A–B) on a synthetic "
                                               "dataset (keyface synth --framing full --project tha45)")
-    run_args(th, 16, "Adam learning rate after the 5,000-example warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)
+    run_args(th, 16, "Adam learning rate after the warm-up (the paper: 1e-4)", cmd_train_tha4_teacher)
+    th.add_argument("--warmup-examples", type=_positive_int, default=5000,
+                    help="examples of the linear learning-rate warm-up (the paper: 5,000)")
     th.add_argument("--stage", choices=("face", "rotator", "editor"), required=True,
                     help="face: the face morpher (data --poses expression); rotator: the half-resolution rotator; "
                          "editor: the editor (data --poses rotation)")
@@ -756,6 +783,13 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--device", default="cpu")
     ec.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     ec.set_defaults(run=cmd_eval_cptnet)
+    et = evsub.add_parser("tha4-teacher", help="the assembled THA4 teacher on held-out pairs (PSNR, whole image and "
+                                               "face box, vs the identity baseline)")
+    et.add_argument("folder", help="teacher folder (face, rotator and editor .safetensors)")
+    et.add_argument("--data", required=True, nargs="+", help="datasets at the teacher's size (their test splits)")
+    et.add_argument("--device", default="cpu")
+    et.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    et.set_defaults(run=cmd_eval_tha4_teacher)
 
     k = sub.add_parser("krita", help="install or remove the Krita plugin (a keyface docker)")
     ksub = k.add_subparsers(dest="krita_command", required=True, metavar="ACTION")

@@ -270,6 +270,7 @@ def teacher_data(tmp_path_factory):
 def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_path):
     import shutil
 
+    from keyface.core.cli import main
     from keyface.core.methods.tha4.distill import DistillConfig, Distiller
     from keyface.core.methods.tha4.teacher import FaceTeacherConfig, UNetConfig
     from keyface.core.methods.tha4.train_teacher import TeacherConfig, TeacherPipeline, TeacherTrainer
@@ -297,6 +298,11 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
         for ext in (".safetensors", ".json"):
             shutil.copy(runs[stage] / f"generator{ext}", folder / f"{stage}{ext}")
     teacher = TeacherPipeline(folder)
+    assert main(["eval", "tha4-teacher", str(folder), "--data", str(teacher_data / "expression"),
+                 str(teacher_data / "rotation"), "--json", str(tmp_path / "eval.json")]) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["pairs"] for r in ev.values()] == [4, 4]
+    assert all(np.isfinite(v) for r in ev.values() for v in r.values())
     image = torch.rand(1, 4, 64, 64) * 2 - 1
     out = teacher(image, torch.rand(2, 45))
     assert out["image"].shape == (2, 4, 64, 64) and out["face"].shape == (2, 4, 16, 16)
@@ -304,6 +310,43 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
                                                                             size=64, eval_poses=2), log=lambda m: None)
     record = d.run()
     assert record["body_examples"] == 4 and np.isfinite(record["student_vs_teacher"]["psnr_mean"])
+    # the command distils this 64² teacher from a 512² character (scaled down to the teacher's size); the character
+    # model it writes renders at 512² like an official one
+    from PIL import Image
+
+    from keyface.core.methods.tha4.runtime import THA4StudentRuntime
+
+    rng = np.random.default_rng(3)
+    char = rng.integers(0, 256, (512, 512, 4), dtype=np.uint8)
+    Image.fromarray(char).save(tmp_path / "char.png")
+    mask = np.zeros((512, 512), np.uint8)
+    mask[150:160, 250:260] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["distill", "--teacher", f"tha4-teacher:{folder}", "--image", str(tmp_path / "char.png"),
+                 "--face-mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "cli"), "--face-examples", "4",
+                 "--body-examples", "4", "--batch", "2", "--eval-poses", "2", "--quiet"]) == 0
+    rec = json.loads((tmp_path / "cli" / "distill.json").read_text())
+    assert rec["config"]["size"] == 64 and rec["student_vs_teacher"]["poses"] == 2
+    rt = THA4StudentRuntime(tmp_path / "cli")
+    frame, flow, weight = rt(char[None].astype(np.float32) / 255, np.zeros((1, 45), np.float32))
+    assert frame.shape == (1, 512, 512, 4) and np.isfinite(frame).all() and flow.shape == (1, 512, 512, 2)
+    for ext in (".safetensors", ".json"):  # stages of different scales are refused (a 16² network as the rotator)
+        shutil.copy(runs["face"] / f"generator{ext}", folder / f"rotator{ext}")
+    with pytest.raises(KeyfaceError, match="different scales"):
+        TeacherPipeline(folder)
+
+
+def test_teacher_command(teacher_data, tmp_path):
+    from keyface.core.cli import main
+
+    out = tmp_path / "face"
+    assert main(["train", "tha4-teacher", "--stage", "face", "--data", str(teacher_data / "expression"), "--out",
+                 str(out), "--steps", "2", "--batch", "2", "--base", "4", "--warmup-examples", "6",
+                 "--eval-every", "2", "--eval-characters", "1", "--features",
+                 str(teacher_data / "features.safetensors"), "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["warmup_steps"] == 3 and cfg["stage"] == "face" and cfg["model"]["base"] == 4
+    assert (out / "generator.safetensors").exists()
 
 
 def test_character_models_are_listed_and_render_in_place_in_a_larger_document(tha4, tmp_path, monkeypatch):

@@ -218,8 +218,8 @@ class TeacherTrainer(RunTrainer):
 class TeacherPipeline:
     """The full teacher: face morpher on the face crop (pasted back), half-resolution rotator on the downscaled image,
     editor at full resolution with its coarse inputs. A folder holds ``face.safetensors``, ``rotator.safetensors`` and
-    ``editor.safetensors`` (each with its JSON), the three stages' ``generator.safetensors``. Returns what
-    :mod:`.distill` needs of a teacher."""
+    ``editor.safetensors`` (each with its JSON), the three stages' ``generator.safetensors``, trained at one scale
+    (``size``: the editor's; a full-size teacher is 512). Returns what :mod:`.distill` needs of a teacher."""
 
     def __init__(self, folder, device="cpu"):
         from pathlib import Path
@@ -231,6 +231,11 @@ class TeacherPipeline:
             raise KeyfaceError(f"{folder} is not a THA4 teacher folder (no {', '.join(missing)}.safetensors)")
         self.face, self.rotator, self.editor = (TeacherTrainer.load_stage(folder / f"{n}.safetensors", self.device)
                                                 for n in ("face", "rotator", "editor"))
+        self.size = self.editor.cfg.size
+        sizes = (self.face.cfg.size, self.rotator.cfg.size, self.size)
+        if sizes != (self.size // 4, self.size // 2, self.size):
+            raise KeyfaceError(f"{folder}: the stages were trained at different scales (face crop, rotator, editor "
+                               f"{sizes[0]}², {sizes[1]}², {sizes[2]}²; they must be size/4, size/2, size)")
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
@@ -245,3 +250,27 @@ class TeacherPipeline:
         out = self.editor(img, rot, half["blended"], half["flow"])
         return {"face": face, "face_image": img, "grid_change": out["flow"], "alpha": out["alpha"],
                 "color_change": out["direct"], "warped_image": out["warped"], "image": out["blended"]}
+
+
+@torch.no_grad()
+def evaluate_teacher(teacher: TeacherPipeline, data, batch: int = 8) -> dict:
+    """The assembled teacher on a dataset's test split (held-out characters): rest image + the pair's tha45 pose →
+    posed image, PSNR in the official convention over the whole image and over the face box, against the identity
+    baseline (the rest image itself)."""
+    cols = load_split(data, "test", ("rest", "posed", "param_tha45"))
+    if cols["rest"].shape[1] != teacher.size:
+        raise KeyfaceError(f"{data} has {cols['rest'].shape[1]}² images; this teacher works at {teacher.size}²")
+    y0, y1, x0, x1 = face_box(teacher.size)
+    rows = {k: [] for k in ("psnr", "identity", "face_psnr", "face_identity")}
+    for i in range(0, len(cols["rest"]), batch):
+        rest = float_to_official(cols["rest"][i:i + batch] / np.float32(255))
+        posed = float_to_official(cols["posed"][i:i + batch] / np.float32(255))
+        pose = torch.from_numpy(cols["param_tha45"][i:i + batch].astype(np.float32))
+        out = torch.cat([teacher(r[None], p[None])["image"].cpu() for r, p in zip(rest, pose, strict=True)])
+        for o, r, y in zip(out, rest, posed, strict=True):
+            rows["psnr"].append(psnr_official(o, y))
+            rows["identity"].append(psnr_official(r, y))
+            rows["face_psnr"].append(psnr_official(o[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
+            rows["face_identity"].append(psnr_official(r[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
+    finite = lambda v: [x for x in v if np.isfinite(x)]  # noqa: E731 (identical pairs have no finite PSNR)
+    return {"pairs": len(cols["rest"]), **{k: float(np.mean(finite(v))) for k, v in rows.items()}}

@@ -304,8 +304,10 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
     assert [r["pairs"] for r in ev.values()] == [4, 4]
     assert all(np.isfinite(v) for r in ev.values() for v in r.values())
     image = torch.rand(1, 4, 64, 64) * 2 - 1
-    out = teacher(image, torch.rand(2, 45))
+    pose = torch.rand(2, 45)
+    out = teacher(image, pose)
     assert out["image"].shape == (2, 4, 64, 64) and out["face"].shape == (2, 4, 16, 16)
+    assert torch.equal(teacher.morph_face(image, pose), out["face"])  # the face student's target alone
     d = Distiller(teacher, image, None, tmp_path / "student", DistillConfig(face_examples=4, body_examples=4, batch=2,
                                                                             size=64, eval_poses=2), log=lambda m: None)
     record = d.run()

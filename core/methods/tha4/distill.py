@@ -24,7 +24,7 @@ rotator warps), as it warps the student-face-pasted image at inference.
 A teacher is any callable ``teacher(image (1, 4, S, S) official convention, pose (B, 45)) → dict`` with ``face``
 (B, 4, 128·S/512, ·) and ``grid_change``, ``alpha``, ``color_change``, ``warped_image``, ``image`` at S² and the
 ``face_image`` it warped — e.g. an official student (:class:`~keyface.core.methods.tha4.student.Student`) or a
-keyface teacher.
+keyface teacher. A teacher with ``morph_face(image, pose) → face`` (keyface's) runs only that for the face student.
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ class Distiller:
             g["lr"] = _lr(FACE_LR, t)
         pose = self._poses(2 * (self.face_seen // self.cfg.batch))
         with torch.no_grad():
-            target = self.teacher(self.image, pose)["face"]
+            morph_face = getattr(self.teacher, "morph_face", None)  # the face stage alone, when the teacher has one
+            target = morph_face(self.image, pose) if morph_face else self.teacher(self.image, pose)["face"]
         s = self.face(pose)
         diff = s - target
         loss = diff.abs().mean() + LAMBDA_FM * (self.mask * diff).abs().mean()

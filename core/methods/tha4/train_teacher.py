@@ -68,6 +68,12 @@ def _module(stage: str, cfg):
     return {"face": FaceTeacher, "rotator": HalfResolutionRotator, "editor": Editor}[stage](cfg)
 
 
+def _finite_mean(values) -> float:
+    """Mean PSNR over pairs that differ (a pose that changes nothing — an identical pair — has no finite PSNR)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("inf")
+
+
 def _down(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=0.5, mode="area")
 
@@ -205,8 +211,8 @@ class TeacherTrainer(RunTrainer):
             out = self._forward(x, pp, 1.0)
             values.append({"ours": psnr_official(out["blended"], y), "identity": psnr_official(x, y)})
         self.gen.train()
-        return {"psnr": float(np.mean([v["ours"] for v in values])),
-                "psnr_identity": float(np.mean([v["identity"] for v in values]))}
+        return {"psnr": _finite_mean([v["ours"] for v in values]),
+                "psnr_identity": _finite_mean([v["identity"] for v in values])}
 
     def score(self, result: dict) -> float:
         return result["psnr"]
@@ -238,12 +244,18 @@ class TeacherPipeline:
                                f"{sizes[0]}², {sizes[1]}², {sizes[2]}²; they must be size/4, size/2, size)")
 
     @torch.no_grad()
+    def morph_face(self, image: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The face stage alone: the morphed face crop (B, 4, size/4, size/4)."""
+        y0, y1, x0, x1 = face_box(image.shape[-1])
+        crop = image.to(self.device)[:, :, y0:y1, x0:x1].expand(len(pose), -1, -1, -1)
+        return self.face(crop, pose.to(self.device)[:, :39])["out"]
+
+    @torch.no_grad()
     def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
         image, pose = image.to(self.device), pose.to(self.device)
-        size = image.shape[-1]
-        y0, y1, x0, x1 = face_box(size)
+        y0, y1, x0, x1 = face_box(image.shape[-1])
+        face = self.morph_face(image, pose)
         img = image.expand(len(pose), -1, -1, -1).clone()
-        face = self.face(img[:, :, y0:y1, x0:x1], pose[:, :39])["out"]
         img[:, :, y0:y1, x0:x1] = face
         rot = pose[:, 39:45]
         half = self.rotator(_down(img), rot)
@@ -272,5 +284,4 @@ def evaluate_teacher(teacher: TeacherPipeline, data, batch: int = 8) -> dict:
             rows["identity"].append(psnr_official(r, y))
             rows["face_psnr"].append(psnr_official(o[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
             rows["face_identity"].append(psnr_official(r[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
-    finite = lambda v: [x for x in v if np.isfinite(x)]  # noqa: E731 (identical pairs have no finite PSNR)
-    return {"pairs": len(cols["rest"]), **{k: float(np.mean(finite(v))) for k, v in rows.items()}}
+    return {"pairs": len(cols["rest"]), **{k: _finite_mean(v) for k, v in rows.items()}}

@@ -292,6 +292,10 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
     assert tr.gen.cfg.size == 64 and TeacherTrainer.load_stage(runs["rotator"] / "generator.safetensors").cfg.size == 32
     logs = [json.loads(x) for x in (runs["editor"] / "log.jsonl").read_text().splitlines() if '"total"' in x]
     assert "quad_blended" not in logs[0] and "quad_blended" in logs[-1]      # phase 3 adds L_ED's terms
+    evals = [json.loads(x) for x in (runs["editor"] / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+    # only the editor with its coarse inputs (phase 3) can be the best checkpoint
+    assert [(e["step"], e["eval"]["coarse_inputs"], e["score"] == -np.inf) for e in evals] == [(3, False, True),
+                                                                                              (4, True, False)]
     folder = tmp_path / "teacher"
     folder.mkdir()
     for stage in ("face", "rotator", "editor"):

@@ -19,6 +19,7 @@ stage's kind.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -126,11 +127,11 @@ class TeacherTrainer(RunTrainer):
         self.features = load_features(cfg.features or None, self.device)
         self.coarse = None
         if cfg.stage == "editor":
-            if not cfg.rotator:
-                raise KeyfaceError("the editor's third phase needs a trained half-resolution rotator (--rotator)")
-            self.coarse = self.load_stage(cfg.rotator, self.device)
-            for p in self.coarse.parameters():
-                p.requires_grad_(False)
+            from pathlib import Path
+
+            if not cfg.rotator or not Path(cfg.rotator).exists():
+                raise KeyfaceError("the editor's third phase needs a trained half-resolution rotator (--rotator: its "
+                                   f"generator.safetensors){f'; {cfg.rotator} does not exist' if cfg.rotator else ''}")
         self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
         self.kind = "expression" if cfg.stage == "face" else "rotation"
 
@@ -160,6 +161,8 @@ class TeacherTrainer(RunTrainer):
             return self.gen(x, p)
         if t < 19 / 37:  # phases 1–2: a full-resolution rotator
             return self.gen(x, p)
+        if self.coarse is None:  # read when phase 3 begins (phases 1–2 do not use it)
+            self.coarse = self.load_stage(self.cfg.rotator, self.device).requires_grad_(False)
         with torch.no_grad():
             half = self.coarse(_down(x), p)
         return self.gen(x, p, half["blended"], half["flow"])
@@ -200,6 +203,7 @@ class TeacherTrainer(RunTrainer):
 
         self.gen.eval()
         values = []
+        t = max(self.step - 1, 0) / max(self.cfg.steps, 1)  # the phase of the last trained step
         for seed in self.eval_seeds:
             rng = np.random.default_rng([seed, 0x7E4])
             pose = pose_for(sample_pose(rng), self.kind, "tha45")
@@ -208,13 +212,16 @@ class TeacherTrainer(RunTrainer):
             posed = np.clip(np.rint(pr.renderer.render(pose).image * 255), 0, 255).astype(np.uint8)[None]
             p = convert(character_vector(pose)[None], "character", "tha45").astype(np.float32)
             x, y, pp = self._inputs(rest, posed, p)
-            out = self._forward(x, pp, 1.0)
+            out = self._forward(x, pp, t)
             values.append({"ours": psnr_official(out["blended"], y), "identity": psnr_official(x, y)})
         self.gen.train()
         return {"psnr": _finite_mean([v["ours"] for v in values]),
-                "psnr_identity": _finite_mean([v["identity"] for v in values])}
+                "psnr_identity": _finite_mean([v["identity"] for v in values]),
+                "coarse_inputs": self.cfg.stage == "editor" and t >= 19 / 37}
 
     def score(self, result: dict) -> float:
+        if self.cfg.stage == "editor" and not result["coarse_inputs"]:
+            return -math.inf  # phases 1–2 train a plain full-resolution rotator: not the editor a teacher uses
         return result["psnr"]
 
     def format_eval(self, result: dict) -> str:

@@ -48,7 +48,8 @@ setup(
     package_dir=package_dir,
     include_package_data=True,
     package_data={"keyface.core": ["data/*", "data/example/*"], "keyface.core.methods.atw": ["weights/*"],
-                  "keyface.core.methods.cptnet": ["weights/*"]},
+                  "keyface.core.methods.cptnet": ["weights/*"],
+                  "keyface.core.methods.tha4": ["weights/teacher256/*", "weights/synthetic_character/*"]},
     install_requires=[
         "torch>=2.1,<3",
         "numpy>=1.24",

@@ -411,16 +411,18 @@ def cmd_distill(args, out) -> int:
     from .models import get_model
 
     kind, _, folder = args.teacher.partition(":")
-    if kind == "tha4-teacher" and folder:
+    if kind == "tha4-teacher":
+        from .methods.tha4 import TEACHER
         from .methods.tha4.train_teacher import TeacherPipeline
         from .training import pick_device
 
-        teacher = TeacherPipeline(folder, pick_device(args.device))
+        teacher = TeacherPipeline(folder or TEACHER, pick_device(args.device))
     elif kind == "tha4-student" and folder:
         teacher = get_model(args.teacher).load(args.device).student
     else:
-        raise KeyfaceError(f"{args.teacher}: a teacher is tha4-teacher:FOLDER (keyface's teacher: face, rotator and "
-                           "editor .safetensors) or tha4-student:FOLDER (a THA4 character model)")
+        raise KeyfaceError(f"{args.teacher}: a teacher is tha4-teacher (keyface's shipped teacher), "
+                           "tha4-teacher:FOLDER (face, rotator and editor .safetensors) or tha4-student:FOLDER (a THA4 "
+                           "character model)")
     img = read_image(args.image)
     if img.shape != (512, 512, 4) or img.dtype != np.uint8:
         raise KeyfaceError(f"{args.image}: THA4 distills a 512×512 8-bit RGBA character image, got "
@@ -498,15 +500,18 @@ def cmd_eval_cptnet(args, out) -> int:
 
 
 def cmd_eval_tha4_teacher(args, out) -> int:
+    from .methods.tha4 import TEACHER
     from .methods.tha4.train_teacher import TeacherPipeline, evaluate_teacher
     from .training import pick_device
 
-    teacher = TeacherPipeline(args.folder, pick_device(args.device))
+    teacher = TeacherPipeline(args.folder or TEACHER, pick_device(args.device))
     rows = {}
     for data in args.data:
         r = rows[data] = evaluate_teacher(teacher, data)
-        out.write(f"{data}: {r['pairs']} held-out pairs at {teacher.size}², PSNR {r['psnr']:.2f} dB (identity "
-                  f"{r['identity']:.2f}), face box {r['face_psnr']:.2f} dB (identity {r['face_identity']:.2f})\n")
+        out.write(f"{data}: {r['changed_pairs']} of {r['pairs']} held-out pairs changed by their pose, at "
+                  f"{teacher.size}²: PSNR {r['psnr']:.2f} dB (identity "
+                  f"{r['identity']:.2f}), face box {r['face_psnr']:.2f} dB (identity {r['face_identity']:.2f}; the "
+                  f"face stage alone {r['face_stage_psnr']:.2f})\n")
     if args.json:
         from .io import atomic_write_text
 
@@ -752,8 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.set_defaults(run=cmd_train_facebox)
 
     di = sub.add_parser("distill", help="distill a THA4 teacher into a character model for one image (seed 001 §5)")
-    di.add_argument("--teacher", required=True, help="tha4-teacher:FOLDER (keyface's teacher) or "
-                                                     "tha4-student:FOLDER (a THA4 character model)")
+    di.add_argument("--teacher", required=True, help="tha4-teacher (keyface's shipped 256² teacher), "
+                                                     "tha4-teacher:FOLDER (another) or tha4-student:FOLDER (a THA4 "
+                                                     "character model)")
     di.add_argument("--image", required=True, help="the character: 512×512 RGBA PNG in the THA framing")
     di.add_argument("--face-mask", help="512×512 mask of the movable facial parts (white), for the λ_fm = 20 term")
     di.add_argument("--out", required=True, help="character model folder (resumes when it holds a checkpoint)")
@@ -785,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     ec.set_defaults(run=cmd_eval_cptnet)
     et = evsub.add_parser("tha4-teacher", help="the assembled THA4 teacher on held-out pairs (PSNR, whole image and "
                                                "face box, vs the identity baseline)")
-    et.add_argument("folder", help="teacher folder (face, rotator and editor .safetensors)")
+    et.add_argument("folder", nargs="?", help="teacher folder (face, rotator and editor .safetensors; default: the "
+                                              "shipped teacher)")
     et.add_argument("--data", required=True, nargs="+", help="datasets at the teacher's size (their test splits)")
     et.add_argument("--device", default="cpu")
     et.add_argument("--json", metavar="FILE", help="also write the results as JSON")

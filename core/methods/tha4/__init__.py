@@ -11,6 +11,7 @@ from ...errors import KeyfaceError
 from ...models import ModelInfo, register, register_family
 
 PREFIX = "tha4-student"
+TEACHER = Path(__file__).parent / "weights" / "teacher256"  # keyface's reduced teacher (MODEL_CARD.md there)
 
 
 def load(info: ModelInfo, device: str = "cpu"):

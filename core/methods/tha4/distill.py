@@ -139,6 +139,27 @@ def body_formation(out7: torch.Tensor, image: torch.Tensor) -> dict:
             "image": (1 - alpha) * warped + alpha * color}
 
 
+def student_image(face: SirenFaceMorpher, body: SirenBodyMorpher, image: torch.Tensor, pose: torch.Tensor):
+    """The trainable students' final image (B, 4, S, S) for ``image`` (1, 4, S, S) at their own size: the face patch
+    pasted, then the body morpher's warp and blend."""
+    y0, y1, x0, x1 = face_box(image.shape[-1])
+    img = image.expand(len(pose), -1, -1, -1).clone()
+    img[:, :, y0:y1, x0:x1] = face(pose)
+    return body_formation(body(pose), img)["image"]
+
+
+def load_students(folder, size: int) -> tuple[SirenFaceMorpher, SirenBodyMorpher]:
+    """A distilled character model's two students as trainable modules at ``size`` (their distillation size)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    face, body = SirenFaceMorpher(size // 4), SirenBodyMorpher(size)
+    face.load_state_dict(load_file(str(Path(folder) / "face_morpher.safetensors")))
+    body.load_state_dict(load_file(str(Path(folder) / "body_morpher.safetensors")))
+    return face, body
+
+
 def sample_tha45(rng: np.random.Generator, n: int) -> np.ndarray:
     """Poses like the full system's training poses: the synthetic engine's sampler, in tha45."""
     from ...rig import convert
@@ -294,15 +315,11 @@ class Distiller:
         """Student vs teacher PSNR (official convention) on ``n`` fixed poses (the paper: 1,000)."""
         rng = np.random.default_rng([self.cfg.seed, 0xE7A1])
         poses = torch.from_numpy(sample_tha45(rng, n)).to(self.device)
-        y0, y1, x0, x1 = face_box(self.cfg.size)
         values = []
         for i in range(0, n, self.cfg.batch):
             p = poses[i:i + self.cfg.batch]
-            tea = self.teacher(self.image, p)
-            img = self.image.expand(len(p), -1, -1, -1).clone()
-            img[:, :, y0:y1, x0:x1] = self.face(p)
-            stu = body_formation(self.body(p), img)["image"]
-            values += [psnr_official(a, b) for a, b in zip(stu, tea["image"], strict=True)]
+            stu = student_image(self.face, self.body, self.image, p)
+            values += [psnr_official(a, b) for a, b in zip(stu, self.teacher(self.image, p)["image"], strict=True)]
         return {"poses": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
 
     def finish(self, seconds: float) -> dict:

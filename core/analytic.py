@@ -71,8 +71,3 @@ def case(kind: str, height: int, width: int, grid=(128, 128), seed: int = 0):
     tx, ty = backward_map(kind, px, py, width, height)
     flow = np.stack([(tx + 0.5) / sx - 0.5 - u, (ty + 0.5) / sy - 0.5 - v], axis=-1).astype(np.float32)
     return source, target, flow
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)

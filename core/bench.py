@@ -48,7 +48,7 @@ SCENES = ("expression", "head", "frame")
 
 
 def scene_box(scene: str, h: int, w: int):
-    from .reswarp import Box
+    from .box import Box
 
     if scene == "frame":
         return Box(0, 0, w, h)
@@ -131,7 +131,7 @@ def run_cell(method: str, size: str, scene: str, repeat: int) -> dict:
     flow = make_flow("local" if scene == "expression" else "global")
     prep_ms = None
     if method in ("copy", "naive"):
-        from .reswarp import area_down, from_work, to_work
+        from .reswarp.cpu import area_down, from_work, to_work
 
         low = from_work(area_down(to_work(source[box.slices]), GRID), np.uint8)
         fn = (lambda: source.copy()) if method == "copy" else (lambda: _naive(source, box, low, flow))
@@ -170,8 +170,10 @@ def _run_isolated(method: str, size: str, scene: str, repeat: int) -> dict:
 
 
 def quality_table(sizes, out) -> None:
-    from .analytic import case, psnr
-    from .reswarp import INTERPS, MODES, Lifter, area_down, upsample
+    from .analytic import case
+    from .metrics import psnr
+    from .reswarp import INTERPS, MODES, Lifter
+    from .reswarp.cpu import area_down, upsample
 
     out.write("\nQuality: PSNR (dB) against the exactly warped full-resolution image; gain over bilinear up-sampling "
               "of the exactly warped low-res image\n")
@@ -254,9 +256,9 @@ def bench_render(scene_path, frames: int = 12, batch: int = 4, device: str = "cp
     gen_t = lift_t = enc_t = 0.0
     for i in range(0, len(todo), batch):
         t0 = time.perf_counter()
-        results, flows = job.low_results(values[i:i + batch])
+        generated = job.generate(values[i:i + batch])
         t1 = time.perf_counter()
-        imgs = [job.lifter.lift(r, f) for r, f in zip(results, flows, strict=True)]
+        imgs = job.lift(*generated)
         t2 = time.perf_counter()
         for img in imgs:
             cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR))

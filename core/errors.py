@@ -34,3 +34,7 @@ class SceneError(KeyfaceError, ValueError):
         else:
             text = head + f"{len(lines)} problems\n" + "\n".join("  " + line for line in lines)
         super().__init__(text)
+
+
+class ResWarpError(KeyfaceError, ValueError):
+    """Bad input to ResWarp: sizes that do not match, non-finite flow, unsupported image type."""

@@ -101,7 +101,7 @@ _cache: dict = {}
 
 def load_features(path=None, device="cpu") -> FeatureNet:
     """The shipped feature network (frozen, eval mode), cached per (path, device)."""
-    from .training import load_weights
+    from .weights import load_weights
 
     path = Path(path or WEIGHTS)
     key = (str(path), str(device))
@@ -120,7 +120,9 @@ def train_features(data, out, steps: int = 3000, batch: int = 32, lr: float = 3e
     """Train on a paired dataset (``keyface synth``): identity classification + rig regression (see the module
     docstring). Writes ``out`` (.safetensors) and its JSON (config, command inputs, accuracy on held-out poses of
     the training characters, time). Returns that JSON's record."""
-    from .training import load_split, pick_device, save_weights, to_net
+    from .pixels import to_net
+    from .training import load_split
+    from .weights import pick_device, save_weights
 
     dev = pick_device(device)
     Path(out).parent.mkdir(parents=True, exist_ok=True)  # fail now, not after training, if it cannot be made

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from .errors import KeyfaceError
-from .io import atomic_write_bytes
+from .io import atomic_output, atomic_write_bytes
+from .pixels import full_scale, srgb_to_linear
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -35,39 +36,22 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def srgb_to_linear(v: np.ndarray) -> np.ndarray:
-    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-
-
 def write_exr(path: Path, img: np.ndarray, bits: int = 16) -> None:
     """Linear, premultiplied RGB(A) OpenEXR (half or float), written atomically."""
-    import os
-    import tempfile
-
     import OpenEXR
 
     if bits not in (16, 32):
         raise KeyfaceError("EXR holds 16-bit (half) or 32-bit float")
-    scale = 1.0 if np.issubdtype(img.dtype, np.floating) else float(np.iinfo(img.dtype).max)
-    v = img.astype(np.float64) / scale
-    out = srgb_to_linear(np.clip(v[..., :3], 0, None))
+    v = img.astype(np.float64) / full_scale(img.dtype)
+    out = srgb_to_linear(v[..., :3])
     if img.shape[2] == 4:
         out = np.concatenate([out * v[..., 3:], v[..., 3:]], axis=2)
     out = out.astype(np.float16 if bits == 16 else np.float32)
     if not path.parent.is_dir():
         raise KeyfaceError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".exr", dir=path.parent)
-    os.close(fd)
-    try:
-        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-        with OpenEXR.File(header, {"RGBA" if out.shape[2] == 4 else "RGB": out}) as f:
-            f.write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with atomic_output(path, ".exr") as tmp, OpenEXR.File(header, {"RGBA" if out.shape[2] == 4 else "RGB": out}) as f:
+        f.write(tmp)
 
 
 def write_image(path: str | Path, img: np.ndarray, exr_bits: int = 16) -> None:

@@ -1,27 +1,62 @@
-"""Atomic writes shared by every writer: a crash never leaves a half-written file under the final name."""
+"""Atomic writes shared by every writer: a crash never leaves a half-written file under the final name.
+
+A writer makes a temporary file beside its final name (:func:`temporary_beside`), writes it, and :func:`commit` s it
+(fsync, then rename over the final name) or :func:`discard` s it; :func:`atomic_output` does the three for a block.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+def temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> str:
+    """A new, empty temporary file in ``path``'s folder (hidden, named after it), with the usual permissions."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file gets the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def commit(tmp: str, path: str | os.PathLike) -> None:
+    """Make a finished temporary file durable and give it its final name (atomically replacing what was there)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def discard(tmp: str | None) -> None:
+    """Remove a temporary file that will not be committed (gone already is fine)."""
+    if tmp is not None:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp"):
+    """``with atomic_output(path) as tmp:`` write ``tmp``; it becomes ``path`` when the block ends normally and is
+    removed when it raises (Ctrl-C included)."""
+    tmp = temporary_beside(path, suffix)
+    try:
+        yield tmp
+        commit(tmp, path)
+    except BaseException:
+        discard(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def _umask() -> int:

@@ -3,9 +3,9 @@
 A :class:`Schema` is an ordered list of :class:`Channel` s. Values travel as float arrays whose last axis follows the
 schema's channel order (``(..., C)``), so a whole timeline of frames converts and validates in one call.
 
-Built-in schemas (see :func:`get_schema`):
+Shared schemas (see :func:`get_schema`; a method folder may declare schemas of its own, registered with
+:func:`register_schema` when the methods are listed, e.g. CPTNet's ``pose5``):
 
-``pose5``      CPTNet: eye_left, eye_right, mouth in [0, 1] (1 = open); head_pitch, head_yaw in [-1, 1] (= ±20°).
 ``tha45``      THA3/THA4 official 45-parameter order and ranges.
 ``au17``       OpenFace action-unit intensities 0–5; networks see intensity / 5 (:meth:`Schema.to_network`).
 ``3dmm``       identity (K) and expression (L) coefficients, rotation (degrees), translation, scale.
@@ -171,18 +171,6 @@ class Schema:
 _SIDES = (("left", "L"), ("right", "R"))
 
 
-def _pose5() -> Schema:
-    eye = "{} eye openness (1 = open, 0 = closed)"
-    chans = [
-        Channel("eye_left", "Eye L", "eyes", "L", 0, 1, 1, "", eye.format("Left")),
-        Channel("eye_right", "Eye R", "eyes", "R", 0, 1, 1, "", eye.format("Right")),
-        Channel("mouth", "Mouth", "mouth", None, 0, 1, 0, "", "Mouth openness (1 = open)"),
-        Channel("head_pitch", "Head up/down", "head", None, -1, 1, 0, "×20°", "Top-down head rotation, ±1 = ±20°"),
-        Channel("head_yaw", "Head left/right", "head", None, -1, 1, 0, "×20°", "Left-right head rotation, ±1 = ±20°"),
-    ]
-    return Schema("pose5", chans, "CPTNet pose vector (seed 000)")
-
-
 def _tha45() -> Schema:
     chans: list[Channel] = []
 
@@ -305,28 +293,46 @@ def _character() -> Schema:
     return Schema("character", chans, "The artist's semantic rig; converts to and from every generator schema")
 
 
-_BUILDERS = {"pose5": _pose5, "tha45": _tha45, "au17": _au17, "kp": _kp, "character": _character,
+_BUILDERS = {"tha45": _tha45, "au17": _au17, "kp": _kp, "character": _character,
              "3dmm": lambda: make_3dmm(*THREEDMM_DEFAULT)}
 _CACHE: dict[str, Schema] = {}
 _3DMM_RE = re.compile(r"^3dmm:(\d+)x(\d+)$")
 
 
+def register_schema(name: str, build, converter=None) -> None:
+    """A schema a method folder declares (``Method.schemas``): ``build()`` → :class:`Schema`, ``converter()`` →
+    :class:`Converter` to and from the character rig."""
+    _BUILDERS[name] = build
+    if converter is not None:
+        _CONVERTERS[name] = converter
+
+
+def _methods_loaded() -> None:
+    """Schemas declared by method folders are registered when the methods are first listed."""
+    from .models import methods
+
+    methods()
+
+
 def schema_names() -> tuple[str, ...]:
+    _methods_loaded()
     return tuple(_BUILDERS)
 
 
 def get_schema(name: str) -> Schema:
-    """A built-in schema by name (``3dmm:KxL`` for a 3DMM with its own coefficient counts)."""
+    """A schema by name (``3dmm:KxL`` for a 3DMM with its own coefficient counts)."""
     if name not in _CACHE:
         m = _3DMM_RE.match(str(name))
         if m:
             _CACHE[name] = make_3dmm(int(m.group(1)), int(m.group(2)))
-        elif name in _BUILDERS:
-            _CACHE[name] = _BUILDERS[name]()
-        else:
+            return _CACHE[name]
+        if name not in _BUILDERS:
+            _methods_loaded()
+        if name not in _BUILDERS:
             close = difflib.get_close_matches(str(name), _BUILDERS, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise RigError(f"unknown schema {name!r}{hint} (built in: {', '.join(_BUILDERS)}, or 3dmm:KxL)")
+            raise RigError(f"unknown schema {name!r}{hint} (known: {', '.join(_BUILDERS)}, or 3dmm:KxL)")
+        _CACHE[name] = _BUILDERS[name]()
     return _CACHE[name]
 
 
@@ -391,29 +397,12 @@ _EXPRESSION_CHANNELS = tuple(n for n in _character().names
 _POSE_ONLY = "the schema has no channel for it"
 
 
-def _lost(names: Iterable[str], why: str = _POSE_ONLY) -> dict[str, str]:
+def lost_channels(names: Iterable[str], why: str = _POSE_ONLY) -> dict[str, str]:
+    """Converter bookkeeping: each name → why it is lost."""
     return {n: why for n in names}
 
 
-POSE5_DEG = 20.0
 THA_DEG = 15.0  # THA's rotation parameters span ±1; we take ±1 = ±15° (the THA3 convention)
-
-
-def _pose5_converter() -> Converter:
-    s = get_schema("pose5")
-
-    def to(c):
-        return {"eye_left": 1 - c["blink_left"], "eye_right": 1 - c["blink_right"], "mouth": c["mouth_open"],
-                "head_pitch": c["head_pitch"] / POSE5_DEG, "head_yaw": c["head_yaw"] / POSE5_DEG}
-
-    def back(p):
-        return {"blink_left": 1 - p["eye_left"], "blink_right": 1 - p["eye_right"], "mouth_open": p["mouth"],
-                "head_pitch": p["head_pitch"] * POSE5_DEG, "head_yaw": p["head_yaw"] * POSE5_DEG}
-
-    kept = {"blink_left", "blink_right", "mouth_open", "head_pitch", "head_yaw"}
-    lost = _lost(n for n in character_schema().names if n not in kept)
-    lost["head_pitch"] = lost["head_yaw"] = "clipped to ±20° (pose5's ±1)"
-    return Converter(s, to, back, lost_to=lost)
 
 
 def _tha45_converter() -> Converter:
@@ -463,11 +452,11 @@ def _tha45_converter() -> Converter:
     angle = "clipped to ±15° (THA's ±1)"
     lost_to = {"iris_size": "THA can only shrink irises (iris_small); enlarging is dropped",
                **{n: angle for n in ("head_yaw", "head_pitch", "head_roll", "body_yaw", "body_roll")}}
-    lost_from = _lost((f"eyebrow_{k}_{s}" for k in ("happy", "serious") for s in ("left", "right")),
+    lost_from = lost_channels((f"eyebrow_{k}_{s}" for k in ("happy", "serious") for s in ("left", "right")),
                       "no character channel")
-    lost_from.update(_lost((f"eye_{k}_{s}" for k in ("relaxed", "unimpressed", "raised_lower_eyelid")
+    lost_from.update(lost_channels((f"eye_{k}_{s}" for k in ("relaxed", "unimpressed", "raised_lower_eyelid")
                             for s in ("left", "right")), "no character channel"))
-    lost_from.update(_lost(("mouth_eee", "mouth_delta", "mouth_smirk"), "no character channel"))
+    lost_from.update(lost_channels(("mouth_eee", "mouth_delta", "mouth_smirk"), "no character channel"))
     lost_from["mouth_uuu"] = "read as mouth_round (max of uuu and ooo)"
     for pair in ("eye_surprised", "iris_small", "mouth_raised_corner", "mouth_lowered_corner"):
         lost_from[f"{pair}_left"] = lost_from[f"{pair}_right"] = "left/right averaged (one character channel)"
@@ -505,11 +494,11 @@ def _au17_converter() -> Converter:
 
     sym = "action units are bilateral: left and right are averaged"
     lost_to = {n: sym for n in character_schema().names if n.endswith(("_left", "_right"))}
-    lost_to.update(_lost(("iris_x", "iris_y", "iris_size", "mouth_round", "head_yaw", "head_pitch", "head_roll",
+    lost_to.update(lost_channels(("iris_x", "iris_y", "iris_size", "mouth_round", "head_yaw", "head_pitch", "head_roll",
                           "body_yaw", "body_roll", "breathing")))
     lost_to["brow_angle_left"] = lost_to["brow_angle_right"] = (
         "averaged; > 0 adds to AU01 (inner brow raiser), < 0 adds to AU04 (brow lowerer) and reads back as brow_lower")
-    lost_from = _lost(("AU07", "AU09", "AU10", "AU14", "AU17", "AU23"), "no character channel")
+    lost_from = lost_channels(("AU07", "AU09", "AU10", "AU14", "AU17", "AU23"), "no character channel")
     return Converter(s, to, back, lost_to=lost_to, lost_from=lost_from)
 
 
@@ -524,8 +513,8 @@ def _kp_converter() -> Converter:
         s,
         lambda c: {k: c[ch] for k, ch in _ANGLES},
         lambda p: {ch: p[k] for k, ch in _ANGLES},
-        lost_to=_lost(_EXPRESSION_CHANNELS + ("body_yaw", "body_roll", "breathing"), why),
-        lost_from=_lost([n for n in s.names if n.startswith(("exp_", "t"))], why),
+        lost_to=lost_channels(_EXPRESSION_CHANNELS + ("body_yaw", "body_roll", "breathing"), why),
+        lost_from=lost_channels([n for n in s.names if n.startswith(("exp_", "t"))], why),
     )
 
 
@@ -559,18 +548,18 @@ def make_3dmm_converter(schema: Schema, expression_basis=None) -> Converter:
             out.update(linear(p, exp_names, pinv, _EXPRESSION_CHANNELS))
         return out
 
-    lost_to = _lost(("body_yaw", "body_roll", "breathing"))
-    lost_from = _lost([n for n in schema.names if n.startswith(("id_", "t")) or n == "scale"],
+    lost_to = lost_channels(("body_yaw", "body_roll", "breathing"))
+    lost_from = lost_channels([n for n in schema.names if n.startswith(("id_", "t")) or n == "scale"],
                       "identity, translation and scale belong to the source fit, not the animation")
     if basis is None:
         why = "no expression basis given (the model using this 3DMM supplies one)"
-        lost_to.update(_lost(_EXPRESSION_CHANNELS, why))
-        lost_from.update(_lost(exp_names, why))
+        lost_to.update(lost_channels(_EXPRESSION_CHANNELS, why))
+        lost_from.update(lost_channels(exp_names, why))
     return Converter(schema, to, back, lost_to=lost_to, lost_from=lost_from)
 
 
 EXPRESSION_CHANNELS = _EXPRESSION_CHANNELS
-_CONVERTERS = {"pose5": _pose5_converter, "tha45": _tha45_converter, "au17": _au17_converter, "kp": _kp_converter}
+_CONVERTERS = {"tha45": _tha45_converter, "au17": _au17_converter, "kp": _kp_converter}
 
 
 def get_converter(schema: str | Schema) -> Converter:

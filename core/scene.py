@@ -35,12 +35,14 @@ from .io import atomic_write_text
 from .models import get_model
 from .rig import Schema, get_schema
 from .timeline import INTERPOLATIONS, Key, Timeline, Track
+from .video import MOVIE_FORMATS, check_quality
 
 SCENE_VERSION = 1
-FORMATS = {"png": (8, 16), "tiff": (8, 16, 32), "exr": (16, 32)}
+FORMATS = {"png": (8, 16), "tiff": (8, 16, 32), "exr": (16, 32),  # image sequences, then movies (keyface.core.video)
+           "mp4": (8,), "mov": (8, 16), "webm": (8,), "gif": (8,)}
 RESWARP_MODES = ("multiscale", "vanilla")
 _TOP = ("keyface_scene", "source", "schema", "model", "face_box", "fps", "frame_range", "output", "tracks")
-_OUTPUT = ("directory", "size", "format", "bit_depth", "reswarp")
+_OUTPUT = ("directory", "size", "format", "bit_depth", "reswarp", "quality", "background")
 _KEY = ("frame", "value", "interpolation", "handles")
 
 
@@ -51,6 +53,8 @@ class OutputSettings:
     format: str = "png"
     bit_depth: int = 8
     reswarp: str = "multiscale"
+    quality: float | str | None = None  # a movie's quality (keyface.core.video: CRF, ProRes profile, GIF colours)
+    background: tuple[int, int, int] = (255, 255, 255)  # mp4 and gif: transparency over this sRGB colour
 
 
 @dataclass
@@ -105,7 +109,8 @@ class Scene:
             "fps": self.fps,
             "frame_range": list(self.frame_range),
             "output": {"directory": o.directory, "size": list(o.size) if o.size else None, "format": o.format,
-                       "bit_depth": o.bit_depth, "reswarp": o.reswarp},
+                       "bit_depth": o.bit_depth, "reswarp": o.reswarp, "quality": o.quality,
+                       "background": list(o.background)},
             "tracks": tracks,
         }
 
@@ -219,10 +224,7 @@ def scene_from_json(doc, base_dir: Path | str = ".", source_name: str | None = N
                 declared = get_schema(name)
             except KeyfaceError as e:
                 c.err("schema", str(e))
-            else:
-                if schema is not None and declared.name not in (schema.name, "character"):
-                    c.err("schema", f"model {model} is driven by {schema.name}; tracks may use {schema.name} or "
-                                    f"character, not {declared.name}")
+            else:  # tracks of any schema drive any model, converted through the character rig
                 schema = declared
     elif schema is None and model is None and "model" not in [p for p, _ in c.errors]:
         c.err("schema", "missing (name the schema the tracks use, or a model)")
@@ -263,6 +265,19 @@ def scene_from_json(doc, base_dir: Path | str = ".", source_name: str | None = N
             output.bit_depth = FORMATS[output.format][0]
         if "reswarp" in o:
             output.reswarp = c.choice(o["reswarp"], "output.reswarp", RESWARP_MODES) or output.reswarp
+        if o.get("background") is not None:
+            output.background = c.int_list(o["background"], "output.background", 3, minimum=0) or output.background
+            if max(output.background) > 255:
+                c.err("output.background", f"an sRGB colour of 0–255 values, got {list(output.background)}")
+        if o.get("quality") is not None:
+            if output.format in MOVIE_FORMATS:
+                try:
+                    check_quality(output.format, o["quality"])
+                    output.quality = o["quality"]
+                except KeyfaceError as e:
+                    c.err("output.quality", str(e))
+            else:
+                c.err("output.quality", f"quality is a movie setting; {output.format} frames have none")
 
     tracks = {}
     tracks_doc = doc.get("tracks")

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .errors import KeyfaceError
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_text
+from .weights import load_weights, pick_device, save_safetensors, save_weights
 
 LR_SCHEDULES = ("constant", "cosine", "linear_tail")
 VALIDATION_STREAM = 0x7A11D  # seed of the validation characters' seed stream
@@ -36,55 +37,6 @@ VALIDATION_STREAM = 0x7A11D  # seed of the validation characters' seed stream
 
 # ------------------------------------------------------------------------------------------------------ tensors
 
-
-def to_net(images_u8: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 4) uint8 straight RGBA → (B, 4, H, W) premultiplied in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255).permute(0, 3, 1, 2)
-    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
-    return x * 2 - 1
-
-
-def float_to_net(images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 4) float straight RGBA in [0, 1] → (B, 4, H, W) premultiplied in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)
-    return torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1) * 2 - 1
-
-
-def from_net(x: torch.Tensor) -> np.ndarray:
-    """(B, 4, H, W) premultiplied [-1, 1] → (B, H, W, 4) float32 straight RGBA in [0, 1]."""
-    x = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    a = x[:, 3:]
-    rgb = torch.where(a > 1e-4, x[:, :3] / a.clamp(min=1e-4), torch.zeros_like(x[:, :3])).clamp(0, 1)
-    return torch.cat([rgb, a], 1).permute(0, 2, 3, 1).numpy()
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise KeyfaceError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
-# ------------------------------------------------------------------------------------------------------ metrics
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM (Gaussian window σ = 1.5, per channel) of two images in [0, 1]."""
-    import cv2
-
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)  # noqa: E731
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    ma, mb = blur(a), blur(b)
-    va, vb, cov = blur(a * a) - ma ** 2, blur(b * b) - mb ** 2, blur(a * b) - ma * mb
-    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))
-    return float(s.mean())
-
-
-def composite(img: np.ndarray) -> np.ndarray:
-    """Straight RGBA [0, 1] → RGB over mid grey (what a viewer compares)."""
-    return img[..., :3] * img[..., 3:] + 0.5 * (1 - img[..., 3:])
 
 
 def load_split(root, split: str, columns) -> dict[str, np.ndarray]:
@@ -131,39 +83,6 @@ def validation_seeds(manifest: dict, n: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------------ weights
-
-
-def save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-    from safetensors.torch import save
-
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                  metadata={k: json.dumps(v) for k, v in (metadata or {}).items()}))
-
-
-def save_weights(module, path, method: str, extra: dict | None = None) -> None:
-    """Deployable weights: ``path`` (.safetensors) + a JSON beside it with the method, ``module.cfg`` and ``extra``."""
-    path = Path(path)
-    save_safetensors(path, module.state_dict())
-    atomic_write_text(path.with_suffix(".json"), json.dumps({"method": method, "model": module.cfg.to_dict(),
-                                                             **(extra or {})}, indent=1))
-
-
-def load_weights(path, build, method: str, device="cpu"):
-    """Load weights written by :func:`save_weights`; ``build(model_dict)`` makes the module."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise KeyfaceError(f"model weights not found: {path}")
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        if meta.get("method", method) != method:
-            raise ValueError(f"these are {meta['method']} weights, not {method}")
-        module = build(meta["model"])
-        module.load_state_dict(load_file(str(path), device=str(device)))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise KeyfaceError(f"cannot load {method} weights {path}: {exc}") from None
-    return module.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------------ runs

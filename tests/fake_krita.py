@@ -84,6 +84,10 @@ class Document:
         self.selection_rect = None
         self.imported: list[tuple[list[str], int, int]] = []
         self._layer_counter = itertools.count(1)
+        self.file_name = ""  # "" = never saved
+
+    def fileName(self):
+        return self.file_name
 
     def width(self):
         return self._w

@@ -10,10 +10,11 @@ from keyface.core.errors import KeyfaceError
 from keyface.core.losses import gradient_penalty, masked_l1
 from keyface.core.methods.atw.conditioning import DIM, driving
 from keyface.core.methods.atw.losses import LossWeights, critic_losses, generator_losses
-from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator
-from keyface.core.methods.atw.trainer import TrainConfig, Trainer, load_generator, save_generator
+from keyface.core.methods.atw.networks import ATWConfig, Critic, Generator, load_generator, save_generator
+from keyface.core.methods.atw.trainer import TrainConfig, Trainer
+from keyface.core.pixels import from_net, to_net
 from keyface.core.synth.dataset import SynthConfig, write_dataset
-from keyface.core.training import from_net, load_upgraded, to_net, upgraded_config
+from keyface.core.training import load_upgraded, upgraded_config
 
 TINY = ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)
 

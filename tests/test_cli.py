@@ -82,6 +82,8 @@ def test_scene_check_overshoot_warning(capsys, scene_doc, write_scene):
     scene_doc["tracks"]["AU12"]["keys"][0] = {"frame": 0, "value": 4, "handles": {"right": [4, 8]}}
     code, out, _ = run(capsys, "scene", "check", str(write_scene(scene_doc)))
     assert code == 0 and "warning: AU12's curve goes past its range" in out
+    code, out, _ = run(capsys, "scene", "check", str(write_scene(scene_doc)), "--json")
+    assert code == 0 and [w.split("'")[0] for w in json.loads(out)["warnings"]] == ["AU12"]
 
 
 def test_console_script_and_bin(scene_doc, write_scene):
@@ -93,6 +95,7 @@ def test_console_script_and_bin(scene_doc, write_scene):
         done = subprocess.run([*cmd, "scene", "check", str(write_scene(scene_doc)), "--json"],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["ok"] is True
+        doc = json.loads(done.stdout)
+        assert doc["frames"][:2] == [0, 1] and set(doc["values"]) == {"AU12", "AU45"} and doc["warnings"] == []
         bad = subprocess.run([*cmd, "models", "--schema", "nope"], capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and bad.stderr.startswith("keyface: error: unknown schema")

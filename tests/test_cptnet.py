@@ -7,8 +7,9 @@ import torch
 from keyface.core.features import TAPS, FeatureConfig, FeatureNet, perceptual_loss, train_features
 from keyface.core.methods.cptnet import WEIGHTS as SHIPPED
 from keyface.core.methods.cptnet.losses import LossWeights, critic_loss, generator_losses
-from keyface.core.methods.cptnet.networks import VARIANTS, CPTNetConfig, Critic, Generator, drive
-from keyface.core.methods.cptnet.trainer import TrainConfig, Trainer, load_generator
+from keyface.core.methods.cptnet.networks import VARIANTS, CPTNetConfig, Critic, Generator, drive, load_generator
+from keyface.core.methods.cptnet.trainer import TrainConfig, Trainer
+from keyface.core.pixels import quantise
 from keyface.core.synth.dataset import SynthConfig, write_dataset
 
 
@@ -156,9 +157,12 @@ def test_tiny_overfit_loss_falls(tiny_data, tiny_features, tmp_path):
     for _ in range(40):
         last = tr.train_step()["total"]
     assert last < 0.6 * np.mean(first)
-    # with the cancelled term the generator also runs at the rest pose, and the term is logged
+    # with the cancelled term the generator also runs at the rest pose; the term is logged and training lowers it
     tr.cfg.weights.cancelled = 1000.0
-    assert tr.train_step()["cancelled"] >= 0
+    first = [tr.train_step()["cancelled"] for _ in range(3)]
+    for _ in range(25):
+        last = tr.train_step()["cancelled"]
+    assert 0 < last < 0.8 * np.mean(first)
 
 
 def test_expression_share_fills_batches_with_moving_eyes_or_mouth(tiny_data, tiny_features, tmp_path):
@@ -327,7 +331,8 @@ def random_cptnet(tmp_path_factory):
     """A registered CPTNet with random weights (the render path's mechanics, not quality) and a character image."""
     from keyface.core import models
     from keyface.core.methods.cptnet import load
-    from keyface.core.methods.cptnet.trainer import save_generator
+    from keyface.core.methods.cptnet.networks import save_generator
+    from keyface.core.pixels import quantise
     from keyface.core.synth.character import sample_character
     from keyface.core.synth.render import FRAMINGS
     from keyface.core.synth.sample import PairRenderer
@@ -335,15 +340,15 @@ def random_cptnet(tmp_path_factory):
     torch.manual_seed(4)
     path = tmp_path_factory.mktemp("cptnet_model") / "cpt.safetensors"
     save_generator(Generator(CPTNetConfig(size=64, base=4, blocks=1, k=2, fusion_base=4)), path)
-    models.register(models.ModelInfo("test-random-cptnet", "cptnet", "pose5", "random weights (tests)", path, load))
-    img = np.clip(np.rint(PairRenderer(sample_character(9), (240, 320), FRAMINGS["head"]).rest.image * 255),
-                  0, 255).astype(np.uint8)
-    return "test-random-cptnet", path, img
+    img = quantise(PairRenderer(sample_character(9), (240, 320), FRAMINGS["head"]).rest.image)
+    with models.registered(models.ModelInfo("test-random-cptnet", "cptnet", "pose5", "random weights (tests)", path,
+                                            load)):
+        yield "test-random-cptnet", path, img
 
 
 def test_render_path_with_residual_weights(random_cptnet):
     # a registered CPTNet renders through FrameJob + ResWarp; the rest pose reproduces the source exactly; other poses
-    # change only the face box; the runtime's residual weight is used.
+    # change only the head crop around the face box; the runtime's residual weight is used.
     from keyface.core.methods.cptnet.runtime import CPTNetRuntime
     from keyface.core.pipeline import FrameJob
 
@@ -351,16 +356,18 @@ def test_render_path_with_residual_weights(random_cptnet):
     box = (40, 60, 160, 160)
     job = FrameJob.prepare(img, model, box)
     rt = CPTNetRuntime(path)
-    out, flow, weight = rt(job.lifter.low_input()[None], np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
+    g = rt(job.lifter.low_input()[None], np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
+    out, flow, weight = g.out, g.flow, g.weight
     assert out.shape == (1, 64, 64, 4) and flow.shape == (1, 64, 64, 2) and weight.shape == (1, 64, 64)
     assert 0 <= weight.min() and weight.max() <= 1
     rest, turned = job.frames(np.array([[1, 1, 0, 0, 0], [0, 1, 0.5, 0.3, -0.8]], np.float32))
     assert np.array_equal(rest, img)
-    x, y, w, h = box
+    assert tuple(job.face_box) == box and tuple(job.box) == (0, 0, 240, 240)  # the head crop, shrunk to the image
+    x, y, w, h = job.box
     outside = np.ones(img.shape[:2], bool)
     outside[y:y + h, x:x + w] = False
     assert not np.array_equal(turned, img) and np.array_equal(turned[outside], img[outside])
-    _, _, weights = job._generate(np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
+    _, _, weights = job.generate(np.array([[0, 1, 0.5, 0.3, -0.8]], np.float32))
     assert weights is not None and weights.shape == (1, 64, 64)
 
 
@@ -374,16 +381,16 @@ def test_head_box_around_a_face_box():
     # the engine's own face box in the head framing maps back to the whole head-framed image
     pr = PairRenderer(sample_character(5), (256, 256), FRAMINGS["head"])
     face = pr.face_box(Pose(dict(REST)))
-    assert np.allclose(head_box(face, 256, 256), (0, 0, 256, 256), atol=2)
+    assert np.allclose(tuple(head_box(face, 256, 256)), (0, 0, 256, 256), atol=2)
     # near an edge it is shifted inside, and shrunk only when the image is too small
-    assert head_box((0, 0, 100, 100), 1000, 800) == (0, 0, 200, 200)
-    assert head_box((900, 700, 100, 100), 1000, 800) == (800, 600, 200, 200)
-    assert head_box((10, 10, 100, 100), 150, 120) == (0, 0, 120, 120)
+    assert tuple(head_box((0, 0, 100, 100), 1000, 800)) == (0, 0, 200, 200)
+    assert tuple(head_box((900, 700, 100, 100), 1000, 800)) == (800, 600, 200, 200)
+    assert tuple(head_box((10, 10, 100, 100), 150, 120)) == (0, 0, 120, 120)
 
 
 def test_ablation_table(tiny_data, tmp_path, capsys):
     from keyface.core.cli import main
-    from keyface.core.methods.cptnet.trainer import save_generator
+    from keyface.core.methods.cptnet.networks import save_generator
 
     paths = []
     for variant in ("mask+grid+ms", "grid"):  # given out of order: the table uses the paper's order
@@ -425,18 +432,17 @@ def test_pose5_scene_renders_and_pose_command(random_cptnet, tmp_path):
 def test_shipped_feature_network_sees_identity_more_than_pose():
     # The perceptual distance between two poses of one character is smaller than between two characters at rest.
     from keyface.core.features import load_features
+    from keyface.core.pixels import to_net
     from keyface.core.synth.character import sample_character
     from keyface.core.synth.render import FRAMINGS, REST
     from keyface.core.synth.sample import PairRenderer
-    from keyface.core.training import to_net
 
     net = load_features()
-    u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
     dists = []
     for a, b in ((11, 12), (13, 14), (15, 16)):
         pa, pb = (PairRenderer(sample_character(s), (128, 128), FRAMINGS["head"]) for s in (a, b))
-        rest_a, rest_b = u8(pa.rest.image), u8(pb.rest.image)
-        posed_a = u8(pa.renderer.render({**REST, "blink_left": 1.0, "blink_right": 1.0, "head_yaw": 8.0}).image)
+        rest_a, rest_b = quantise(pa.rest.image), quantise(pb.rest.image)
+        posed_a = quantise(pa.renderer.render({**REST, "blink_left": 1.0, "blink_right": 1.0, "head_yaw": 8.0}).image)
         x = to_net(np.stack([rest_a, posed_a, rest_b]))
         with torch.no_grad():
             f = net(x)
@@ -459,7 +465,7 @@ def test_shipped_model_eye_left_changes_mainly_the_left_eye(seed):
 
     size = 256
     pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
-    img = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)
+    img = quantise(pr.rest.image)
     job = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size))
     frame = job.frames(np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32))[0]
     changed = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
@@ -479,21 +485,21 @@ def test_shipped_model_turns_the_head():
     # Through the render path (head crop → generator → ResWarp at 256²), on characters the model never saw: head turns
     # of ±20° in yaw and pitch land much closer to the engine's true render than the unchanged source does.
     from keyface.core.pipeline import FrameJob
+    from keyface.core.pixels import over_grey
     from keyface.core.rig import character_schema, convert
     from keyface.core.synth.character import sample_character
     from keyface.core.synth.render import FRAMINGS
     from keyface.core.synth.sample import PairRenderer
-    from keyface.core.training import composite
 
     names, size = character_schema().names, 256
     poses = np.array([[1, 1, 0, 0, 1], [1, 1, 0, 0, -1], [1, 1, 0, -1, 0], [1, 1, 0, 1, 0]], np.float32)
     for seed in (987_654, 11):
         pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
-        img = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)
+        img = quantise(pr.rest.image)
         frames = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size)).frames(poses)
         for pose, frame in zip(poses, frames, strict=True):
             values = dict(zip(names, convert(pose, "pose5", "character"), strict=True))
-            truth = composite(pr.renderer.render(values).image)
-            ours = np.abs(composite(frame / 255.0) - truth).mean()
-            identity = np.abs(composite(img / 255.0) - truth).mean()
+            truth = over_grey(pr.renderer.render(values).image)
+            ours = np.abs(over_grey(frame / 255.0) - truth).mean()
+            identity = np.abs(over_grey(img / 255.0) - truth).mean()
             assert ours < 0.8 * identity, (seed, pose, ours, identity)

@@ -19,6 +19,7 @@ from keyface.addon.krita.adapter import DockerSettings  # noqa: E402
 from keyface.core.cli import main  # noqa: E402
 from keyface.core.errors import KeyfaceError  # noqa: E402
 from keyface.core.pipeline import render_scene  # noqa: E402
+from keyface.core.pixels import quantise  # noqa: E402
 from keyface.core.synth.character import sample_character  # noqa: E402
 from keyface.core.synth.face import Pose  # noqa: E402
 from keyface.core.synth.render import REST  # noqa: E402
@@ -35,7 +36,7 @@ def app():
 @pytest.fixture(scope="module")
 def character():
     pr = PairRenderer(sample_character(4), (300, 420))
-    img = np.clip(np.rint(pr.renderer.render().image * 255), 0, 255).astype(np.uint8)
+    img = quantise(pr.renderer.render().image)
     return img, tuple(pr.face_box(Pose(dict(REST))))
 
 
@@ -185,16 +186,17 @@ def test_panel_errors_are_messages_not_exceptions(app):
     from keyface.core import models
     from keyface.core.methods.atw import load
 
-    models.register(models.ModelInfo("test-missing-weights", "atw", "au17", "weights deleted (tests)",
-                                     Path("/nonexistent/weights.safetensors"), load))
+    missing = models.ModelInfo("test-missing-weights", "atw", "au17", "weights deleted (tests)",
+                               Path("/nonexistent/weights.safetensors"), load)
     doc.source._model = "RGBA"
-    panel.editor.set_model("test-missing-weights")
-    panel.editor.set_value_at("AU12", 0, 1.0)
-    panel.editor.set_face_box((0, 0, 32, 32))
     failed = []
-    panel.renderFailed.connect(failed.append)
-    panel.render()
-    _wait(app, lambda: failed or not panel.rendering)
+    with models.registered(missing):
+        panel.editor.set_model("test-missing-weights")
+        panel.editor.set_value_at("AU12", 0, 1.0)
+        panel.editor.set_face_box((0, 0, 32, 32))
+        panel.renderFailed.connect(failed.append)
+        panel.render()
+        _wait(app, lambda: failed or not panel.rendering)
     assert failed and "not found" in panel.last_message[0] and panel.last_message[1] and not doc.imported
     doc.annotations[adapter.ANNOTATION] = b"garbage"
     fresh = _panel(app, doc)                            # a damaged annotation: a message, defaults, nothing lost
@@ -240,14 +242,23 @@ def test_render_adds_a_new_animated_layer_and_leaves_the_source_alone(app, chara
         (tmp_path / "cache" / "keyface" / "krita").iterdir())  # the rendered files are removed once imported
 
 
-def test_cancelled_render_keeps_frames_and_resumes(app, character, tmp_path, monkeypatch):
+def _keyed_panel(app, img, box, tmp_path, monkeypatch, keys: dict):
+    """A document of ``img`` with the docker on it: the test model, the face box, ``keys`` {channel: ((frame, value),
+    …)}; renders cache under ``tmp_path``."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    img, box = character
     doc = fake_krita.Document(img.shape[1], img.shape[0], pixels=img.copy())
     panel = _panel(app, doc)
     panel.editor.set_model(MODEL)
     panel.editor.set_face_box(box)
-    panel.editor.set_value_at("AU12", 0, 0.0)
+    for channel, pairs in keys.items():
+        for frame, value in pairs:
+            panel.editor.set_value_at(channel, frame, value)
+    return doc, panel
+
+
+def test_cancelled_render_keeps_frames_and_resumes(app, character, tmp_path, monkeypatch):
+    img, box = character
+    doc, panel = _keyed_panel(app, img, box, tmp_path, monkeypatch, {"AU12": ((0, 0.0),)})
     panel.editor.set_value_at("AU12", 11, 5.0)
     panel.render()
     panel.cancel()
@@ -301,3 +312,29 @@ def test_install_and_uninstall(tmp_path, capsys):
     assert main(["krita", "install", "--pykrita", str(pykrita), "--kritarc", str(rc)]) == 2
     assert "not written by keyface" in capsys.readouterr().err
     assert (foreign / "__init__.py").read_text() == "# someone else's\n"
+
+
+def test_render_can_also_export_a_movie_beside_the_document(app, character, tmp_path, monkeypatch):
+    # "Also export: mp4": the layer as before, plus a movie beside the saved document with every frame; an unsaved
+    # document gets a clear message and no layer.
+    import av
+
+    img, box = character
+    doc, panel = _keyed_panel(app, img, box, tmp_path, monkeypatch, {"AU45": ((3, 0.0), (5, 5.0), (7, 0.0))})
+    panel.movie.setCurrentIndex(panel.movie.findData("mp4"))
+    assert panel.settings.movie == "mp4"
+    failed = []
+    panel.renderFailed.connect(failed.append)
+    panel.render()
+    _wait(app, lambda: failed or not panel.rendering)
+    assert failed and "save the document first" in panel.last_message[0] and not doc.imported
+    doc.file_name = str(tmp_path / "painting.kra")
+    done = []
+    panel.renderFinished.connect(done.append)
+    panel.render()
+    _wait(app, lambda: done or not panel.rendering)
+    assert done and len(doc.imported) == 1, panel.last_message
+    movie = tmp_path / "painting_Background_3-7.mp4"
+    assert "painting_Background_3-7.mp4" in panel.last_message[0]
+    with av.open(str(movie)) as m:
+        assert sum(1 for _ in m.decode(video=0)) == 5 and m.streams.video[0].average_rate == 24

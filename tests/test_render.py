@@ -11,9 +11,9 @@ from keyface.core.cli import main
 from keyface.core.errors import KeyfaceError
 from keyface.core.imageio import read_image, write_image
 from keyface.core.methods.atw import WEIGHTS, load
-from keyface.core.methods.atw.networks import ATWConfig, Generator
-from keyface.core.methods.atw.trainer import save_generator
+from keyface.core.methods.atw.networks import ATWConfig, Generator, save_generator
 from keyface.core.pipeline import FrameJob, frame_name, render_scene
+from keyface.core.pixels import quantise
 from keyface.core.scene import load_scene
 from keyface.core.synth.character import sample_character
 from keyface.core.synth.face import Pose
@@ -31,15 +31,15 @@ def random_model(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "random.safetensors"
     save_generator(Generator(ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)), path)
-    models.register(models.ModelInfo("test-random-atw", "atw", "au17", "random weights (tests)", path, load))
-    return "test-random-atw"
+    with models.registered(models.ModelInfo("test-random-atw", "atw", "au17", "random weights (tests)", path, load)):
+        yield "test-random-atw"
 
 
 @pytest.fixture(scope="module")
 def character(tmp_path_factory):
     d = tmp_path_factory.mktemp("char")
     pr = PairRenderer(sample_character(4), (300, 420))
-    img = np.clip(np.rint(pr.renderer.render().image * 255), 0, 255).astype(np.uint8)
+    img = quantise(pr.renderer.render().image)
     write_image(d / "character.png", img)
     return d, img, pr.face_box(Pose(dict(REST)))
 
@@ -72,7 +72,8 @@ def test_keyed_frames_change_only_the_box_and_resume(random_model, character, tm
     scene = load_scene(_scene(d, random_model, box, tracks))
     out = tmp_path / "out"
     render_scene(scene, out, frames=[0, 1])
-    x, y, w, h = box
+    x, y, w, h = FrameJob.prepare(img, random_model, box).box  # ATW's crop: the face box moved down by 1/8
+    assert (x, w, h) == (box[0], box[2], box[3]) and y == box[1] + round(box[3] / 8)
     last = render_scene(scene, out, resume=True)
     assert [p.name for p in last] == [frame_name(2, "png"), frame_name(3, "png")]
     frame = read_image(out / frame_name(3, "png"))
@@ -95,9 +96,8 @@ def test_bad_scenes_and_missing_weights(random_model, character, tmp_path, capsy
     broken.write_text("{not json")
     assert main(["render", str(broken), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     info = models.ModelInfo("test-missing", "atw", "au17", "weights deleted", tmp_path / "gone.safetensors", load)
-    models.register(info)
-    scene = load_scene(_scene(d, "test-missing", box, {"AU12": {"keys": [{"frame": 0, "value": 1}]}}))
-    with pytest.raises(KeyfaceError, match="weights not found"):
+    with models.registered(info), pytest.raises(KeyfaceError, match="weights not found"):
+        scene = load_scene(_scene(d, "test-missing", box, {"AU12": {"keys": [{"frame": 0, "value": 1}]}}))
         render_scene(scene, tmp_path / "o2")
     assert not list((tmp_path / "o2").glob("*.png"))
 
@@ -121,7 +121,7 @@ needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped ATW wei
 def test_shipped_model_blink_changes_the_eyes():
     pr = PairRenderer(sample_character(123457), (512, 512))
     rest = pr.sample({})
-    img = np.clip(np.rint(rest.rest * 255), 0, 255).astype(np.uint8)
+    img = quantise(rest.rest)
     job = FrameJob.prepare(img, "atw-au17", rest.rest_face_box)
     schema = job.schema
     values = np.zeros((1, len(schema)))
@@ -146,14 +146,20 @@ def test_shipped_model_beats_the_identity_baseline_on_every_target():
         assert r["psnr"] > r["psnr_identity"] + 1.0, (name, r)
 
 
-@needs_weights
 def test_bundled_example_renders(tmp_path):
+    # The README's main job: the 4K example keyed in the character rig, rendered with THA3 in place.
+    from keyface.core.methods.tha3 import official_weights_folder
+
+    if official_weights_folder() is None:
+        pytest.skip("the THA3 weights are not installed (bin/setup installs them)")
     scene = load_scene(EXAMPLE / "scene.json")
-    assert scene.model == "atw-au17" and len(scene.frames) == 48
+    assert scene.model == "tha3" and scene.schema.name == "character" and len(scene.frames) == 48
     written = render_scene(scene, tmp_path, frames=[0, 4])
     src = read_image(EXAMPLE / "character.png")
     assert np.array_equal(read_image(written[0]), src)  # frame 0 is neutral
-    assert not np.array_equal(read_image(written[1]), src)  # frame 4: eyes closed
+    closed = read_image(written[1])  # frame 4: eyes closed, inside THA's frame (840, 0, 2160, 2160) only
+    assert not np.array_equal(closed, src) and np.array_equal(closed[:, :840], src[:, :840])
+    assert np.array_equal(closed[:, 3000:], src[:, 3000:])
     shutil.rmtree(tmp_path)
 
 
@@ -172,3 +178,22 @@ def test_exr_output_is_linear_premultiplied(tmp_path):
     assert float(px[0, 0, 0]) == 0.0 and float(px[0, 0, 3]) == 0.0  # premultiplied: transparent is black
     with pytest.raises(KeyfaceError, match="16-bit"):
         write_image(tmp_path / "g.exr", img, exr_bits=8)
+
+
+def test_just_off_rest_the_bias_cancellation_reproduces_the_input(random_model, character):
+    # Frames exactly at rest are copied from the source; ε off rest goes through the generator and the bias
+    # cancellation, which alone must give the source back (the random generator's own output is far from it).
+    from keyface.core.pixels import with_alpha
+
+    d, img, box = character
+    job = FrameJob.prepare(img, random_model, box)
+    values = job.schema.defaults[None].astype(np.float32)
+    values[0, job.schema.index("AU12")] = 1e-3
+    low = with_alpha(job.lifter.low_input())[None]
+    assert np.abs(job.runtime(low, values).out - low).max() > 0.2  # no shortcut through the generator itself
+    frame = job.frames(values)[0]
+    x, y, w, h = job.box
+    outside = np.ones(img.shape[:2], bool)
+    outside[y:y + h, x:x + w] = False
+    assert np.array_equal(frame[outside], img[outside])
+    assert np.abs(frame.astype(int) - img.astype(int)).max() <= 2

@@ -5,6 +5,8 @@ from PIL import Image
 from keyface.core import analytic as an
 from keyface.core import reswarp as rw
 from keyface.core.cli import main
+from keyface.core.metrics import psnr
+from keyface.core.reswarp import cpu, geometry
 
 ZERO = np.zeros((128, 128, 2), np.float32)
 
@@ -25,7 +27,7 @@ def test_identity(mode, shape, dtype):
     for low in (lifter.low_input(), lifter._quantised_input(np.uint8 if dtype == np.float32 else dtype)):
         out = lifter.lift(low, ZERO)
         assert out.dtype == src.dtype and out.shape == src.shape
-        err = np.abs(out.astype(np.float64) - src.astype(np.float64)).max() / rw._scale_of(dtype)
+        err = np.abs(out.astype(np.float64) - src.astype(np.float64)).max() / geometry.scale_of(dtype)
         assert err <= 1 / 255
 
 
@@ -57,9 +59,9 @@ def test_no_half_pixel_shift_on_odd_sizes():
     h, w = 375, 251
     x = np.arange(w, dtype=np.float32)
     img = np.repeat(np.repeat(((x + 0.5) / w)[None, :, None], h, 0), 3, 2)
-    down = rw.area_down(img, (128, 128))
+    down = cpu.area_down(img, (128, 128))
     np.testing.assert_allclose(down[0], ((np.arange(128) + 0.5) / 128)[:, None].repeat(3, 1), atol=1e-4)
-    up = rw.upsample(down, (h, w))
+    up = cpu.upsample(down, (h, w))
     inner = slice(2, w - 2)  # bilinear is exact on a ramp away from the clamped border
     np.testing.assert_allclose(up[10, inner, 0], img[10, inner, 0], atol=1e-4)
 
@@ -68,19 +70,19 @@ def test_no_half_pixel_shift_on_odd_sizes():
 @pytest.mark.parametrize("mode", rw.MODES)
 def test_beats_bilinear_upsampling_2k(kind, mode):
     src, target, flow = an.case(kind, 1080, 1920)
-    low = rw.area_down(target, (128, 128))
-    base = an.psnr(rw.upsample(low, target.shape[:2]), target)
+    low = cpu.area_down(target, (128, 128))
+    base = psnr(cpu.upsample(low, target.shape[:2]), target)
     out = rw.Lifter(src, mode=mode).lift(low, flow)
-    assert an.psnr(out, target) >= base + 6
+    assert psnr(out, target) >= base + 6
 
 
 @pytest.mark.parametrize("kind", ["rotation", "squash"])
 def test_beats_bilinear_upsampling_4k(kind):
     src, target, flow = an.case(kind, 2160, 3840)
-    low = rw.area_down(target, (128, 128))
-    base = an.psnr(rw.upsample(low, target.shape[:2]), target)
+    low = cpu.area_down(target, (128, 128))
+    base = psnr(cpu.upsample(low, target.shape[:2]), target)
     for mode in rw.MODES:
-        assert an.psnr(rw.Lifter(src, mode=mode).lift(low, flow), target) >= base + 6
+        assert psnr(rw.Lifter(src, mode=mode).lift(low, flow), target) >= base + 6
 
 
 def test_backends_agree():
@@ -111,8 +113,8 @@ def test_rgba_edges_have_no_fringe():
     flow = np.zeros((128, 128, 2), np.float32)
     flow[..., 0] = 0.37
     lifter = rw.Lifter(src)
-    mx, my = rw.warp_maps(flow, (128, 128), slice(0, 128), slice(0, 128))
-    low_work = rw.sample(lifter.levels[-1], mx, my, "linear")
+    mx, my = cpu.warp_maps(flow, (128, 128), slice(0, 128), slice(0, 128))
+    low_work = cpu.sample(lifter.levels[-1], mx, my, "linear")
     low = rw.from_work(low_work, np.uint8)
     out = lifter.lift(low, flow)
     visible = out[..., 3] > 8
@@ -159,14 +161,14 @@ def test_bad_inputs():
 def test_flow_adapter_recovers_translation():
     src, target, flow = an.case("translation", 512, 512)
     lifter = rw.Lifter(src)
-    out_low = rw.area_down(target, (128, 128))
+    out_low = cpu.area_down(target, (128, 128))
     est = rw.estimate_flow(lifter.low_input(), out_low)
     inner = (slice(16, -16), slice(16, -16))
     assert np.abs(est[inner] - flow[inner]).mean() < 0.1
     lifted = lifter.lift(out_low, est)
     crop = (slice(64, -64), slice(64, -64))
-    base = an.psnr(rw.upsample(out_low, (512, 512))[crop], target[crop])
-    assert an.psnr(lifted[crop], target[crop]) > base
+    base = psnr(cpu.upsample(out_low, (512, 512))[crop], target[crop])
+    assert psnr(lifted[crop], target[crop]) > base
 
 
 def _save(path, arr):
@@ -229,7 +231,7 @@ def test_strips_do_not_change_the_result(monkeypatch):
     whole = rw.Lifter(src, mode="multiscale")
     low = whole.low_input() * 0.9
     ref = whole.lift(low, flow)
-    monkeypatch.setattr(rw, "STRIP_PIXELS", 400 * 7)  # 7-row strips, in the decomposition and in the lift
+    monkeypatch.setattr(geometry, "STRIP_PIXELS", 400 * 7)  # 7-row strips, in the decomposition and in the lift
     assert np.array_equal(rw.Lifter(src, mode="multiscale").lift(low, flow), ref)
 
 

@@ -77,7 +77,10 @@ BAD = [
     (lambda d: d.update(face_box=[1, 2, 0, 4]), "face_box: width and height must be ≥ 1"),
     (lambda d: d.update(face_box=[-1, 2, 3, 4]), "face_box[0]: must be ≥ 0, got -1"),
     (lambda d: d.update(frame_range=[10, 2]), "frame_range: last frame 2 is before first frame 10"),
-    (lambda d: d["output"].update(format="gif"), "output.format: expected one of png, tiff, exr"),
+    (lambda d: d["output"].update(format="avi"), "output.format: expected one of png, tiff, exr, mp4, mov, webm, gif"),
+    (lambda d: d["output"].update(format="mp4", quality=80), "output.quality: quality for mp4 must be an H.264 CRF"),
+    (lambda d: d["output"].update(quality=20), "output.quality: quality is a movie setting; png frames have none"),
+    (lambda d: d["output"].update(background=[0, 0, 300]), "output.background: an sRGB colour of 0–255 values"),
     (lambda d: d["output"].update(bit_depth=32), "output.bit_depth: png supports bit depths 8, 16, got 32"),
     (lambda d: d["output"].update(size=[0, 10]), "output.size[0]: must be ≥ 1, got 0"),
     (lambda d: d["output"].update(reswarp="fancy"), "output.reswarp: expected one of multiscale, vanilla"),
@@ -161,6 +164,15 @@ def test_scene_round_trip_property(tmp_path, tracks, fps, box):
         assert [k["frame"] for k in again.to_json()["tracks"][name]["keys"]] == sorted(k["frame"] for k in t["keys"])
     frames = np.linspace(-120, 1020, 57)
     np.testing.assert_array_equal(again.sample(frames), scene.sample(frames))
+
+
+def test_movie_output_settings_round_trip(scene_doc, write_scene, tmp_path):
+    scene_doc["output"].update(format="mov", bit_depth=16, quality="4444xq", background=[10, 20, 30])
+    scene = load_scene(write_scene(scene_doc))
+    assert (scene.output.format, scene.output.bit_depth, scene.output.quality) == ("mov", 16, "4444xq")
+    save_scene(scene, tmp_path / "again.json")
+    again = load_scene(tmp_path / "again.json")
+    assert again.output == scene.output and again.output.background == (10, 20, 30)
 
 
 def test_readme_example_scene_loads(tmp_path):

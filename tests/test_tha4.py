@@ -56,8 +56,8 @@ def test_reference_evaluator_and_intermediates(tha4):
     assert np.abs(rest["face"][0].numpy() - face).max() <= 1e-4   # the face patch alone
     grid = np.load(inter / "out4_body_morpher_grid_change.npz")["data"].astype(np.float32)
     assert np.abs(rest["grid_change"][0].numpy() - grid).max() <= 5e-4  # (stored as float16)
-    y0, y1, x0, x1 = FACE_BOX
-    assert (y1 - y0, x1 - x0) == rest["face"].shape[2:]
+    _, _, w, h = FACE_BOX
+    assert (h, w) == rest["face"].shape[2:]
 
 
 def test_loader_errors(tmp_path):
@@ -116,12 +116,12 @@ def _tiny_teacher(size, seed=1):
 
     torch.manual_seed(seed)
     tface, tbody = SirenFaceMorpher(size // 4), SirenBodyMorpher(size)
-    y0, y1, x0, x1 = face_box(size)
+    rows, cols = face_box(size)
 
     def teacher(image, pose):
         face = tface(pose)
         img = image.expand(len(pose), -1, -1, -1).clone()
-        img[:, :, y0:y1, x0:x1] = face
+        img[:, :, rows, cols] = face
         return {"face": face, "face_image": img, **body_formation(tbody(pose), img)}
 
     return teacher
@@ -334,7 +334,8 @@ def test_teacher_training_stages_assembly_and_distillation(teacher_data, tmp_pat
     rec = json.loads((tmp_path / "cli" / "distill.json").read_text())
     assert rec["config"]["size"] == 64 and rec["student_vs_teacher"]["poses"] == 2
     rt = THA4StudentRuntime(tmp_path / "cli")
-    frame, flow, weight = rt(char[None].astype(np.float32) / 255, np.zeros((1, 45), np.float32))
+    g = rt(char[None].astype(np.float32) / 255, np.zeros((1, 45), np.float32))
+    frame, flow = g.out, g.flow
     assert frame.shape == (1, 512, 512, 4) and np.isfinite(frame).all() and flow.shape == (1, 512, 512, 2)
     for ext in (".safetensors", ".json"):  # stages of different scales are refused (a 16² network as the rotator)
         shutil.copy(runs["face"] / f"generator{ext}", folder / f"rotator{ext}")
@@ -359,7 +360,7 @@ def test_shipped_teacher_turns_the_head_better_than_the_unchanged_image():
     # keyface's reduced teacher (256², MODEL_CARD.md) on rotation pairs of characters outside its data: measured +1.6 …
     # +3.4 dB whole-image PSNR over the unchanged rest image on each of these; the test asks for +1 dB on the mean
     from keyface.core.methods.tha4 import TEACHER
-    from keyface.core.methods.tha4.distill import psnr_official
+    from keyface.core.methods.tha4.convention import psnr_official
     from keyface.core.methods.tha4.runtime import float_to_official
     from keyface.core.methods.tha4.train_teacher import TeacherPipeline, validation_pair
 
@@ -380,8 +381,8 @@ def test_shipped_character_model_follows_its_teacher_and_renders_at_512(tmp_path
     from keyface.core.cli import main
     from keyface.core.imageio import read_image
     from keyface.core.methods.tha4 import TEACHER
-    from keyface.core.methods.tha4.convention import to_official
-    from keyface.core.methods.tha4.distill import load_students, psnr_official, sample_tha45, student_image
+    from keyface.core.methods.tha4.convention import psnr_official, to_official
+    from keyface.core.methods.tha4.distill import load_students, sample_tha45, student_image
     from keyface.core.methods.tha4.train_teacher import TeacherPipeline
 
     folder = TEACHER.parent / "synthetic_character"
@@ -408,11 +409,11 @@ def test_character_models_are_listed_and_render_in_place_in_a_larger_document(th
     from keyface.core import models
     from keyface.core.cli import main
     from keyface.core.imageio import read_image, write_image
-    from keyface.core.methods.tha4 import discover
+    from keyface.core.methods.tha4 import models as character_models
 
     monkeypatch.setenv("KEYFACE_THA4_MODELS", str(tha4 / "character_models"))
-    discover()
-    ids = [m.id for m in models.available_models()]
+    with models.registered(*character_models()):
+        ids = [m.id for m in models.available_models()]
     folder = tha4 / "character_models" / "lambda_01"
     assert f"tha4-student:{folder}" in ids and f"tha4-student:{tha4 / 'character_models' / 'lambda_00'}" in ids
     # the 512² character came from a 1400×1400 document where it was 1024² at (200, 300)
@@ -426,7 +427,8 @@ def test_character_models_are_listed_and_render_in_place_in_a_larger_document(th
     a = big[..., 3:] / 255.0
     doc[300:1324, 200:1224, :3] = np.rint(big[..., :3] * a + doc[300:1324, 200:1224, :3] * (1 - a)).astype(np.uint8)
     write_image(tmp_path / "doc.png", doc)
-    assert main(["pose", str(tmp_path / "doc.png"), "--model", f"tha4-student:{folder}", "--box", "200,300,1024,1024",
+    # the face box is THA's head box: columns 192–320, rows 64–192 of the frame, here scaled ×2 at (200, 300)
+    assert main(["pose", str(tmp_path / "doc.png"), "--model", f"tha4-student:{folder}", "--box", "584,428,256,256",
                  "--set", "eye_wink_left=1", "--set", "head_x=0.6", "--out", str(tmp_path / "out.png")]) == 0
     out = read_image(tmp_path / "out.png")
     assert out.shape == doc.shape

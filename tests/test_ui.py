@@ -14,8 +14,11 @@ from PyQt5.QtTest import QTest  # noqa: E402
 
 from keyface.core import models  # noqa: E402
 from keyface.core.methods.atw import load  # noqa: E402
-from keyface.core.methods.atw.networks import ATWConfig, Generator  # noqa: E402
-from keyface.core.methods.atw.trainer import save_generator  # noqa: E402
+from keyface.core.methods.atw.networks import (  # noqa: E402
+    ATWConfig,
+    Generator,
+    save_generator,
+)
 from keyface.core.scene import load_scene  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "core" / "data" / "example"
@@ -35,12 +38,17 @@ def example(tmp_path_factory):
     d = tmp_path_factory.mktemp("ui")
     weights = d / "random.safetensors"
     save_generator(Generator(ATWConfig(grid=64, base=4, critic_base=4, motion_blocks=1, refine_blocks=1)), weights)
-    models.register(models.ModelInfo("test-ui-atw", "atw", "au17", "random weights (tests)", weights, load))
+    info = models.ModelInfo("test-ui-atw", "atw", "au17", "random weights (tests)", weights, load)
     shutil.copy(EXAMPLE / "character.png", d / "character.png")
     doc = json.loads((EXAMPLE / "scene.json").read_text())
-    doc["model"] = "test-ui-atw"
+    doc["model"], doc["schema"] = "test-ui-atw", "au17"  # the bundled 4K character, keyed in action units
+    doc["tracks"] = {name: {"keys": [{"frame": f, "value": v, "interpolation": "ease_in_out"} for f, v in keys]}
+                     for name, keys in {"AU45": [(0, 0), (4, 5), (8, 0), (36, 0), (40, 5), (44, 0)],
+                                        "AU12": [(10, 0), (20, 5), (30, 5), (40, 0)],
+                                        "AU26": [(14, 0), (22, 4), (28, 1), (34, 0)]}.items()}
     (d / "scene.json").write_text(json.dumps(doc))
-    return d
+    with models.registered(info):
+        yield d
 
 
 def _wait(app, cond, timeout=30.0):
@@ -175,6 +183,22 @@ def test_render_dialog_renders_and_cancels(app, window, tmp_path):
     assert _wait(app, lambda: dlg.worker is None, 120)
     written = len(list((tmp_path / "more").glob("*.png")))
     assert written < 48 and "cancelled" in dlg.status.text()
+    dlg.format.setCurrentText("mp4")  # a movie named after the folder: clip.mp4; a cancelled one leaves nothing
+    dlg.folder.setText(str(tmp_path / "clip"))
+    dlg.last.setValue(2)
+    dlg.start()
+    assert _wait(app, lambda: dlg.worker is None, 120)
+    assert (tmp_path / "clip.mp4").stat().st_size > 0 and "the movie is written" in dlg.status.text()
+    import av
+
+    with av.open(str(tmp_path / "clip.mp4")) as movie:
+        assert sum(1 for _ in movie.decode(video=0)) == 3
+    dlg.folder.setText(str(tmp_path / "gone"))
+    dlg.last.setValue(47)
+    dlg.start()
+    dlg.cancel()
+    assert _wait(app, lambda: dlg.worker is None, 120)
+    assert not list(tmp_path.glob("gone*")) and not list(tmp_path.glob(".gone*")) and "no movie" in dlg.status.text()
 
 
 def test_parameter_panel_links_left_and_right(app):
@@ -229,3 +253,48 @@ def test_face_box_drag_moves_the_box(app, window):
     after = window.doc.face_box
     assert after != before and after[2] == before[2]  # moved, same size
     assert abs((after[0] - before[0]) - 100) < 15 and abs((after[1] - before[1]) - 50) < 15
+
+
+def _shipped_and_official_models():
+    from conftest import SHARED
+
+    from keyface.core.models import available_models
+
+    ids = [(m.id, EXAMPLE / "character.png") for m in available_models() if not m.id.startswith("test-")]
+    character = SHARED / "thirdparty" / "tha4" / "character_models" / "lambda_00"
+    if character.is_dir():
+        ids.append((f"tha4-student:{character}", character / "character.png"))
+    return ids
+
+
+@pytest.mark.parametrize("model_id, image", _shipped_and_official_models(), ids=lambda v: str(v).split("/")[-1])
+def test_editor_previews_each_model_in_its_own_region(app, model_id, image):
+    # Without a drawn box the editor stores none: each model derives its working region from the face box (CPTNet its
+    # head crop, THA its 512² frame), the preview is drawn there and the face box used is shown, not stored.
+    from keyface.core.imageio import read_image
+    from keyface.core.pipeline import FrameJob
+    from keyface.ui.main_window import MainWindow
+
+    w = MainWindow()
+    w.show()
+    try:
+        assert w.open_path(image)
+        w.doc.set_model(model_id)
+        w.request_preview()
+        assert _wait(app, lambda: w.preview_boxes is not None and w.preview_boxes[0] == model_id, timeout=120), \
+            w.last_error
+        job = FrameJob.prepare(read_image(image), model_id)
+        _, face, working = w.preview_boxes
+        assert (face, working) == (job.face_box, job.box) and w.doc.face_box is None
+        r = w.canvas.box_item.rect()
+        assert (r.x(), r.y(), r.width(), r.height()) == tuple(face)
+        item = w.canvas.preview_item
+        assert (item.pos().x(), item.pos().y()) == (working.x, working.y)
+        assert item.scale() * item.pixmap().width() == pytest.approx(working.w)
+        if model_id.startswith("cptnet"):
+            assert working != face and working.w == 2 * face.w  # the head crop, not the face box
+        if model_id.startswith("tha4-student"):
+            assert tuple(working) == (0, 0, 512, 512)  # a THA frame as it is
+    finally:
+        w.doc.dirty = False
+        w.close()

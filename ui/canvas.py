@@ -9,12 +9,13 @@ from PyQt5.QtCore import QPointF, QRectF, Qt, pyqtSignal
 from PyQt5.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PyQt5.QtWidgets import QGraphicsItem, QGraphicsPixmapItem, QGraphicsRectItem, QGraphicsScene, QGraphicsView
 
+from keyface.core.pixels import convert_depth
+
 
 def to_qimage(img: np.ndarray) -> QImage:
     """RGB(A) array of any depth → QImage (8-bit, copied)."""
     if img.dtype != np.uint8:
-        scale = 1.0 if np.issubdtype(img.dtype, np.floating) else np.iinfo(img.dtype).max
-        img = np.clip(np.rint(img.astype(np.float64) / scale * 255), 0, 255).astype(np.uint8)
+        img = convert_depth(img, np.uint8)
     img = np.ascontiguousarray(img)
     h, w, c = img.shape
     fmt = QImage.Format_RGBA8888 if c == 4 else QImage.Format_RGB888
@@ -115,7 +116,7 @@ class Canvas(QGraphicsView):
         self.boxEdited.emit((int(r.x()), int(r.y()), int(r.width()), int(r.height())))
 
     def show_preview(self, img: np.ndarray | None, box) -> None:
-        """The generator's low-res result, drawn scaled into the face box."""
+        """The generator's low-res result, drawn scaled into its working region (``box``)."""
         if img is None or box is None:
             self.preview_item.setPixmap(QPixmap())
             return

@@ -57,12 +57,10 @@ class EditorDocument(QObject):
         scene = load_scene(path)
         image = read_image(scene.source_path)
         self.image, self.source_path, self.scene_path = image, scene.source_path, Path(path).resolve()
-        self.model_id, self.schema, self.timeline = scene.model, scene.schema, scene.timeline
-        self.fps, self.frame_range, self.face_box = scene.fps, scene.frame_range, scene.face_box
-        self.output, self.frame, self.dirty = scene.output, scene.frame_range[0], False
+        self.output = scene.output
         self.imageChanged.emit()
-        self.changed.emit()
-        self.frameChanged.emit(self.frame)
+        self.load_state(scene.timeline, scene.face_box, scene.fps, scene.frame_range, scene.frame_range[0],
+                        model_id=scene.model)
 
     def to_scene(self, base_dir: Path | None = None) -> Scene:
         if self.source_path is None:
@@ -104,12 +102,30 @@ class EditorDocument(QObject):
             self.frame = frame
             self.frameChanged.emit(frame)
 
-    def set_range(self, first: int, last: int) -> None:
+    def set_range(self, first: int, last: int, mark_dirty: bool = True) -> None:
         if last < first:
             raise KeyfaceError("the last frame is before the first")
         self.frame_range = (int(first), int(last))
         self.set_frame(self.frame)
-        self._touch()
+        self._touch(mark_dirty)
+
+    def load_state(self, timeline: Timeline | None, face_box, fps: float, frame_range, frame: int,
+                   model_id: str | None = None) -> None:
+        """Replace the keys and settings at once (a scene opened, a host switched documents): the model (when given),
+        the keys in their own schema (``None``: none, in the current schema), box, rate, range and current frame; not
+        dirty; every signal fires."""
+        if model_id is not None:
+            self.set_model(model_id, mark_dirty=False)
+        if timeline is not None:  # the keys keep their own schema (e.g. the character rig driving any model)
+            self.schema, self.timeline = timeline.schema, timeline
+        else:
+            self.timeline = Timeline(self.schema)
+        self.face_box = None if face_box is None else tuple(int(v) for v in face_box)
+        self.fps, self.frame_range, self.dirty = float(fps), (int(frame_range[0]), int(frame_range[1])), False
+        self.frame = int(frame)
+        self.boxChanged.emit()
+        self.changed.emit()
+        self.frameChanged.emit(self.frame)
 
     def _touch(self, mark_dirty: bool = True) -> None:
         if mark_dirty:

@@ -32,6 +32,7 @@ from PyQt5.QtWidgets import (
 
 from keyface.core.errors import KeyfaceError
 from keyface.core.models import available_models
+from keyface.core.video import MOVIE_FORMATS
 
 from .canvas import Canvas, to_qimage
 from .document import EditorDocument
@@ -60,8 +61,10 @@ class RenderDialog(QDialog):
         row.addWidget(browse)
         form.addRow("Folder", row)
         self.format = QComboBox()
-        self.format.addItems(["png", "tiff", "exr"])
-        self.format.setCurrentText(doc.output.format if doc.output.format in ("png", "tiff", "exr") else "png")
+        self.format.addItems(["png", "tiff", "exr", *MOVIE_FORMATS])
+        self.format.setCurrentText(doc.output.format)
+        self.format.setToolTip("png/tiff/exr: one file per frame in the folder (rendering again resumes); "
+                               "mp4/mov/webm/gif: one movie named after the folder (mov and webm keep alpha)")
         form.addRow("Format", self.format)
         self.first, self.last = QSpinBox(), QSpinBox()
         for s, v in ((self.first, doc.frame_range[0]), (self.last, doc.frame_range[1])):
@@ -89,10 +92,11 @@ class RenderDialog(QDialog):
             self.folder.setText(d)
 
     def start(self):
+        movie = self.format.currentText() in MOVIE_FORMATS
         try:
             scene = self.doc.to_scene()
             out = Path(self.folder.text())
-            out.mkdir(parents=True, exist_ok=True)
+            (out.parent if movie else out).mkdir(parents=True, exist_ok=True)
         except (KeyfaceError, OSError) as exc:
             self.status.setText(str(exc))
             return
@@ -113,8 +117,11 @@ class RenderDialog(QDialog):
         self.bar.setValue(done)
 
     def _finished(self, n):
-        self.status.setText(f"done: {n} frames written" if self.bar.value() >= self.bar.maximum()
-                            else f"cancelled after {n} frames (rendering again resumes)")
+        if self.format.currentText() in MOVIE_FORMATS:
+            self.status.setText("done: the movie is written" if n else "cancelled: no movie was written")
+        else:
+            self.status.setText(f"done: {n} frames written" if self.bar.value() >= self.bar.maximum()
+                                else f"cancelled after {n} frames (rendering again resumes)")
         self.start_button.setEnabled(True)
         self.worker = None
 
@@ -140,6 +147,7 @@ class MainWindow(QMainWindow):
         self.device = device
         self.preview = PreviewEngine(device, self)
         self.last_preview = None
+        self.preview_boxes = None  # (model, face box, working region) of the last preview
         self.last_error = None
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -290,30 +298,21 @@ class MainWindow(QMainWindow):
         d = self.doc
         if d.image is None:
             return
-        if d.face_box is None:
-            self._propose_box()
         self.preview.request(d.image, d.model_id, d.face_box, d.frame, d.values_at(), full=full)
 
-    def _propose_box(self):
-        from keyface.core.facebox import detect_face_box
-
-        try:
-            b = detect_face_box(self.doc.image)
-        except KeyfaceError as exc:
-            self.statusBar().showMessage(f"{exc} — draw the box: it is the square the generator sees", 8000)
-            h, w = self.doc.image.shape[:2]
-            side = min(h, w) // 3
-            b = ((w - side) // 2, (h - side) // 4, side, side)
-            self.doc.face_box = tuple(b)
-            self.canvas.set_box(self.doc.face_box)
+    def _preview_ready(self, frame, img, boxes):
+        """A preview: drawn into the model's working region; the face box it used is shown (an automatic one is shown,
+        not stored: the document keeps only a box the artist drew, so each model derives its own region from it).
+        A preview of a model the document no longer uses is dropped."""
+        model_id, face, working = boxes
+        if model_id != self.doc.model_id:
             return
-        self.doc.face_box = (b.x, b.y, b.w, b.h)
-        self.canvas.set_box(self.doc.face_box)
-
-    def _preview_ready(self, frame, img):
+        self.preview_boxes = boxes
+        if self.doc.face_box is None:
+            self.canvas.set_box(tuple(face))
         if frame == self.doc.frame:
             self.last_preview = (frame, img)
-            self.canvas.show_preview(img, self.doc.face_box)
+            self.canvas.show_preview(img, tuple(working))
 
     def full_frame(self):
         self.request_preview(full=True)
@@ -429,8 +428,6 @@ class MainWindow(QMainWindow):
         if self.doc.image is None or self.doc.model_id is None:
             self.show_error("open an image and pick a model first", dialog=True)
             return
-        if self.doc.face_box is None:
-            self._propose_box()
         self.render_window = RenderDialog(self.doc, self.device, self)
         self.render_window.show()
 

@@ -9,10 +9,12 @@ import numpy as np
 from PyQt5.QtCore import QObject, pyqtSignal
 
 from keyface.core.errors import KeyfaceError
+from keyface.core.pixels import to_unit
+from keyface.core.video import MOVIE_FORMATS
 
 
 class PreviewEngine(QObject):
-    ready = pyqtSignal(int, object)       # frame, low-res result (h, w, C) float [0, 1]
+    ready = pyqtSignal(int, object, object)  # frame, low-res result (h, w, C) float [0, 1], (model, face box, region)
     fullReady = pyqtSignal(int, object)   # frame, full-resolution frame (source depth)
     failed = pyqtSignal(str)
 
@@ -28,16 +30,18 @@ class PreviewEngine(QObject):
         self._thread = threading.Thread(target=self._run, name="keyface-preview", daemon=True)
         self._thread.start()
 
-    def request(self, image, model_id, box, frame: int, values, full: bool = False) -> None:
-        """Ask for the preview of ``frame`` (cached results are returned at once)."""
-        if image is None or model_id is None or box is None:
+    def request(self, image, model_id, face_box, frame: int, values, full: bool = False) -> None:
+        """Ask for the preview of ``frame`` (cached results are returned at once). ``face_box`` None: the model's
+        default (the detected box; a square image for a THA model: its frame), reported with the result."""
+        if image is None or model_id is None:
             return
-        key = (id(image), model_id, tuple(box), np.asarray(values, np.float32).round(4).tobytes())
+        face_box = None if face_box is None else tuple(face_box)
+        key = (id(image), model_id, face_box, np.asarray(values, np.float32).round(4).tobytes())
         if not full and key in self.cache:
-            self.ready.emit(frame, self.cache[key])
+            self.ready.emit(frame, *self.cache[key])
             return
         with self._cond:
-            self._pending = (image, model_id, tuple(box), frame, np.asarray(values, np.float32), key, full)
+            self._pending = (image, model_id, face_box, frame, np.asarray(values, np.float32), key, full)
             self._cond.notify()
 
     def close(self) -> None:
@@ -66,13 +70,11 @@ class PreviewEngine(QObject):
                     self.fullReady.emit(frame, self._job.frames(values[None])[0])
                     continue
                 low, _ = self._job.low_results(values[None])
-                result = low[0]
-                if np.issubdtype(result.dtype, np.integer):
-                    result = result.astype(np.float32) / np.iinfo(result.dtype).max
+                boxes = (model_id, self._job.face_box, self._job.box)
                 if len(self.cache) > 256:
                     self.cache.clear()
-                self.cache[key] = result
-                self.ready.emit(frame, result)
+                self.cache[key] = (to_unit(low[0]), boxes)
+                self.ready.emit(frame, *self.cache[key])
             except KeyfaceError as exc:
                 self.failed.emit(str(exc))
             except Exception as exc:  # a preview must never take the editor down
@@ -110,7 +112,8 @@ class RenderWorker(QObject):
 
         scene, out_dir, frames, fmt, device, source = self.args
         try:
-            written = render_scene(scene, out_dir, frames=frames, fmt=fmt, device=device, resume=True, batch=2,
+            written = render_scene(scene, out_dir, frames=frames, fmt=fmt, device=device,
+                                   resume=fmt not in MOVIE_FORMATS,
                                    progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set,
                                    source=source)
             self.finished.emit(len(written))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from keyface.core.box import Box
 from keyface.core.errors import KeyfaceError
 from keyface.core.pipeline import frame_name
-from keyface.core.reswarp import Box
 from keyface.core.scene import OutputSettings, Scene, scene_from_json
 
 ANNOTATION = "keyface"
@@ -41,6 +41,7 @@ class DockerSettings:
     box_from: str = "auto"   # "selection" (the box was taken from a selection; kept in the scene) or "auto"
     range_from: str = "keys"  # "keys": first to last key; "document": the document's playback range
     device: str = "cpu"
+    movie: str = ""          # also export the render as a movie: "mp4", "mov", "webm", "gif", or "" (none)
 
 
 # ------------------------------------------------------------------------------------------------------ pixels
@@ -144,24 +145,13 @@ def state_from_bytes(data: bytes) -> tuple[Scene, DockerSettings]:
 
 def load_state(editor, doc) -> DockerSettings:
     """Load a document's keyface state into the editor document (defaults when it has none)."""
-    settings = DockerSettings()
+    settings, scene = DockerSettings(), None
     data = doc.annotation(ANNOTATION) if ANNOTATION in list(doc.annotationTypes()) else None
     if data:
         scene, settings = state_from_bytes(data)
-        if scene.model is not None:
-            editor.set_model(scene.model, mark_dirty=False)
-        editor.schema, editor.timeline = scene.schema, scene.timeline
-        editor.face_box = scene.face_box
-    else:
-        from keyface.core.rig import get_schema
-        from keyface.core.timeline import Timeline
-
-        editor.timeline = Timeline(get_schema(editor.schema.name))
-        editor.face_box = None
-    editor.fps = float(doc.framesPerSecond())
-    editor.frame_range = (int(doc.fullClipRangeStartTime()), int(doc.fullClipRangeEndTime()))
-    editor.frame = int(doc.currentTime())
-    editor.dirty = False
+    editor.load_state(scene.timeline if scene else None, scene.face_box if scene else None,
+                      doc.framesPerSecond(), (doc.fullClipRangeStartTime(), doc.fullClipRangeEndTime()),
+                      doc.currentTime(), model_id=scene.model if scene else None)
     return settings
 
 
@@ -236,6 +226,29 @@ def import_frames(doc, plan: RenderPlan) -> object:
     layer.setName(f"{LAYER_PREFIX}: {plan.layer_name} {plan.first}–{plan.last}")
     shutil.rmtree(plan.out_dir, ignore_errors=True)
     return layer
+
+
+def movie_target(doc, plan: RenderPlan, fmt: str) -> Path:
+    """Where a render's movie goes: beside the document's file, named after it, the layer and the frames."""
+    from keyface.core.video import movie_format
+
+    name = doc.fileName()
+    if not name:
+        raise KeyfaceError("save the document first: the movie is written beside it")
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{Path(name).stem}_{plan.layer_name}")
+    return Path(name).parent / f"{stem}_{plan.first}-{plan.last}{movie_format(fmt).extension}"
+
+
+def export_movie(doc, plan: RenderPlan, fmt: str) -> Path:
+    """Encode the rendered frames (before they are imported) into a movie beside the document (written atomically;
+    mp4 and gif over white, mov and webm with alpha). Returns its path."""
+    from keyface.core.imageio import read_image
+    from keyface.core.video import write_movie
+
+    missing = [str(p) for p in plan.files if not p.exists()]
+    if missing:
+        raise KeyfaceError(f"{len(missing)} rendered frame(s) are missing, e.g. {missing[0]}")
+    return write_movie(movie_target(doc, plan, fmt), (read_image(p) for p in plan.files), fmt, plan.scene.fps)
 
 
 def all_nodes(root) -> list:

@@ -31,6 +31,7 @@ from PyQt5.QtWidgets import (
 
 from keyface.core.errors import KeyfaceError
 from keyface.core.models import available_models
+from keyface.core.video import MOVIE_FORMATS
 from keyface.ui.document import EditorDocument
 from keyface.ui.params import ParameterPanel
 from keyface.ui.timeline_view import CurveView, DopeSheet
@@ -107,6 +108,12 @@ class KeyfacePanel(QWidget):
         self.range = QComboBox()
         for key, text in RANGES:
             self.range.addItem(text, key)
+        self.movie = QComboBox()
+        self.movie.setObjectName("movie_picker")
+        self.movie.addItem("none", "")
+        for fmt in MOVIE_FORMATS:
+            self.movie.addItem(fmt, fmt)
+        self.movie.setToolTip("besides the new layer, a movie beside the document (mov and webm keep alpha)")
         self.devices = QComboBox()
         self.devices.addItem("cpu")
         try:
@@ -124,6 +131,7 @@ class KeyfacePanel(QWidget):
             box_row.addWidget(w)
         form.addRow("Face box", box_row)
         form.addRow("Frames", self.range)
+        form.addRow("Also export", self.movie)
         form.addRow("Device", self.devices)
 
         self.params = ParameterPanel()
@@ -171,6 +179,7 @@ class KeyfacePanel(QWidget):
         self.layers.currentIndexChanged.connect(self._pick_layer)
         self.range.currentIndexChanged.connect(self._pick_range)
         self.devices.currentTextChanged.connect(self._pick_device)
+        self.movie.currentIndexChanged.connect(self._pick_movie)
         self.box_selection.clicked.connect(self.box_from_selection)
         self.box_auto.clicked.connect(self.box_automatic)
         self.render_button.clicked.connect(self.render)
@@ -195,8 +204,7 @@ class KeyfacePanel(QWidget):
         self.kdoc = doc
         clip = (int(doc.fullClipRangeStartTime()), int(doc.fullClipRangeEndTime()))
         if clip != self.editor.frame_range and clip[1] >= clip[0]:
-            self.editor.frame_range = clip
-            self.editor.changed.emit()
+            self.editor.set_range(*clip, mark_dirty=False)
         t = int(doc.currentTime())
         if t != self.editor.frame:
             self._loading = True
@@ -250,9 +258,10 @@ class KeyfacePanel(QWidget):
             combo.blockSignals(True)
             combo.setCurrentIndex(max(combo.findText(value or ""), 0))
             combo.blockSignals(False)
-        self.range.blockSignals(True)
-        self.range.setCurrentIndex(max(self.range.findData(self.settings.range_from), 0))
-        self.range.blockSignals(False)
+        for combo, value in ((self.range, self.settings.range_from), (self.movie, self.settings.movie)):
+            combo.blockSignals(True)
+            combo.setCurrentIndex(max(combo.findData(value), 0))
+            combo.blockSignals(False)
         self._show_box()
 
     def _show_box(self) -> None:
@@ -309,6 +318,11 @@ class KeyfacePanel(QWidget):
     @guarded
     def _pick_device(self, device: str) -> None:
         self.settings.device = device
+        self._store()
+
+    @guarded
+    def _pick_movie(self, index: int) -> None:
+        self.settings.movie = self.movie.itemData(index) or ""
         self._store()
 
     @guarded
@@ -390,11 +404,13 @@ class KeyfacePanel(QWidget):
         if doc is None:
             raise KeyfaceError("the document was closed during the render; nothing was added")
         try:
+            movie = adapter.export_movie(doc, plan, self.settings.movie) if self.settings.movie else None
             layer = adapter.import_frames(doc, plan)
         except KeyfaceError as exc:
             self.renderFailed.emit(str(exc))
             raise
-        self.show_message(f"added animated layer {layer.name()!r} ({len(plan.frames)} frames)")
+        self.show_message(f"added animated layer {layer.name()!r} ({len(plan.frames)} frames)"
+                          + (f" and wrote {movie.name}" if movie else ""))
         self.renderFinished.emit(layer.name())
 
     def _failed(self, msg: str) -> None:

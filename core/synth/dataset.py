@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import KeyfaceError
 from ..io import atomic_write_bytes, atomic_write_text
+from ..pixels import quantise
 from ..rig import character_schema, convert, get_schema
 from .character import sample_character
 from .render import FRAMINGS
@@ -95,7 +96,7 @@ def character_seeds(cfg: SynthConfig) -> dict[str, list[int]]:
 
 def to_u8(a: np.ndarray) -> np.ndarray:
     """[0, 1] float → uint8 (rounded)."""
-    return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+    return quantise(a)
 
 
 def render_character(seed: int, cfg_dict: dict) -> dict[str, np.ndarray]:

@@ -24,8 +24,8 @@ from .render import MASK_PARTS, REST, Placement, Renderer
 
 SCHEMAS = ("pose5", "tha45", "au17", "kp", "3dmm")
 ENGINE_3DMM = f"3dmm:{fm.N_ID}x{fm.N_EXP}"
-FACE_BOX_UNITS = 2.0           # the face box: 2 × 2 units (the head box) ...
-FACE_BOX_CENTER = (0.0, 0.25)  # ... centred here (THA4's face crop: rows 80–207, cols 192–319 of 512²)
+FACE_BOX_UNITS = 2.0          # keyface's face box is THA's head box: 2 × 2 units ...
+FACE_BOX_CENTER = (0.0, 0.0)  # ... about the head's origin (512² THA frame: columns 192–320, rows 64–192)
 
 
 def character_vector(values: dict) -> np.ndarray:

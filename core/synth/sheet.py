@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..pixels import quantise
 from .character import sample_character
 from .render import Renderer
 
@@ -33,4 +34,4 @@ def contact_sheet(seeds, size: int = 256, crop: float = 0.5) -> np.ndarray:
             a = im[..., 3:]
             tiles.append(im[..., :3] * a + 0.86 * (1 - a))
         rows.append(np.concatenate(tiles, axis=1))
-    return np.clip(np.rint(np.concatenate(rows, axis=0) * 255), 0, 255).astype(np.uint8)
+    return quantise(np.concatenate(rows, axis=0))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...analytic import psnr
+from ...metrics import psnr, ssim
 from ...pipeline import FrameJob
+from ...pixels import over_grey, quantise
 from ...rig import convert
 from ...synth.character import sample_character
 from ...synth.face import Pose
 from ...synth.render import REST
 from ...synth.sample import PairRenderer, character_vector
-from ...training import composite, ssim
 from .trainer import EVAL_TARGETS
 
 
@@ -25,7 +25,7 @@ def evaluate_render(runtime, seeds, size: int = 512) -> dict:
     for seed in seeds:
         pr = PairRenderer(sample_character(seed), (size, size))
         rest = pr.rest.image
-        source = np.clip(np.rint(rest * 255), 0, 255).astype(np.uint8)
+        source = quantise(rest)
         box = pr.face_box(Pose(dict(REST)))
         job = FrameJob.prepare(source, runtime, box)
         x, y, w, h = box
@@ -35,9 +35,9 @@ def evaluate_render(runtime, seeds, size: int = 512) -> dict:
                          job.schema)
         frames = job.frames(values)
         for name, frame in zip(names, frames, strict=True):
-            target = composite(pr.renderer.render({**REST, **EVAL_TARGETS[name]}).image[crop])
-            ours = composite(frame[crop] / 255.0)
-            base = composite(rest[crop])
+            target = over_grey(pr.renderer.render({**REST, **EVAL_TARGETS[name]}).image[crop])
+            ours = over_grey(frame[crop] / 255.0)
+            base = over_grey(rest[crop])
             r = rows[name]
             r["psnr"].append(psnr(ours, target))
             r["psnr_identity"].append(psnr(base, target))

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ...blocks import EncoderDecoder, patch_trunk, warp
+from ...weights import load_weights, save_weights
 from .conditioning import DIM
 
 
@@ -101,3 +102,13 @@ class Critic(nn.Module):
         h = self.trunk(img)
         drv = self.drv(h).flatten(1)
         return (self.adv(h), drv) if self.adv is not None else drv
+
+
+def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
+    """Deployable weights: ``path`` (.safetensors) + the JSON config beside it."""
+    save_weights(gen, path, "atw", extra)
+
+
+def load_generator(path, device="cpu") -> Generator:
+    """Weights written by :func:`save_generator` (shipped or trained), ready for inference on ``device``."""
+    return load_weights(path, lambda m: Generator(ATWConfig(**m)), "atw", device)

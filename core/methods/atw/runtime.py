@@ -1,16 +1,22 @@
-"""The ATW generator at render time: the crop at the grid size + driving values → low-res result and motion field."""
+"""The ATW generator at render time: the face box at the grid size + au17 values → low-res result and motion field."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ...training import from_net, pick_device
+from ...box import Box
+from ...generator import Generated, Generator
+from ...pixels import float_to_net, from_net
+from ...weights import pick_device
 from .conditioning import driving_from_schema
-from .trainer import load_generator
+from .networks import load_generator
+
+FACE_CROP_SHIFT = 1 / 8  # the engine's "face" framing (synth FACE_CROP): 2 × 2 units about (0, 0.25), i.e. the face box
+#                          (2 × 2 units about the head's origin) moved down by an eighth of its side
 
 
-class ATWRuntime:
+class ATWRuntime(Generator):
     schema = "au17"
 
     def __init__(self, weights, device: str = "cpu"):
@@ -18,12 +24,15 @@ class ATWRuntime:
         self.net = load_generator(weights, self.device)
         self.grid = (self.net.cfg.grid, self.net.cfg.grid)
 
+    def working_box(self, face_box: Box, source: np.ndarray) -> Box:
+        """The crop ATW was trained on (``keyface synth --framing face``): the face box moved down by an eighth of its
+        side (the engine's face crop sits between the eyes and the chin, THA's head box over brows to chin)."""
+        x, y, w, h = face_box
+        return Box(x, y + int(round(FACE_CROP_SHIFT * h)), w, h)
+
     @torch.inference_mode()
-    def __call__(self, low: np.ndarray, values: np.ndarray):
-        """low (B, h, w, 4) float32 straight RGBA [0, 1]; values (B, 17) au17 intensities →
-        (result (B, h, w, 4) float32 straight RGBA, flow (B, h, w, 2) backward, grid pixels)."""
-        x = torch.from_numpy(np.ascontiguousarray(low, np.float32)).permute(0, 3, 1, 2)
-        x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1) * 2 - 1
+    def __call__(self, low: np.ndarray, values: np.ndarray) -> Generated:
+        """The refinement network's image and the motion network's flow (the only field that moves pixels)."""
         c = torch.from_numpy(driving_from_schema(values))
-        refined, _, flow = self.net(x.to(self.device), c.to(self.device))
-        return from_net(refined), flow.permute(0, 2, 3, 1).float().cpu().numpy()
+        refined, _, flow = self.net(float_to_net(low).to(self.device), c.to(self.device))
+        return Generated(from_net(refined), flow.permute(0, 2, 3, 1).float().cpu().numpy())

@@ -17,22 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...analytic import psnr
 from ...errors import KeyfaceError
+from ...metrics import psnr, ssim
+from ...pixels import from_net, over_grey, quantise, to_net
 from ...rig import get_schema
-from ...training import (
-    RunConfig,
-    RunTrainer,
-    composite,
-    from_net,
-    load_split,
-    lr_factor,
-    mixed_indices,
-    save_weights,
-    ssim,
-    to_net,
-    validation_seeds,
-)
+from ...training import RunConfig, RunTrainer, load_split, lr_factor, mixed_indices, validation_seeds
 from .conditioning import SCHEMA, driving
 from .losses import LossWeights, critic_losses, generator_losses
 from .networks import ATWConfig, Critic, Generator
@@ -115,7 +104,7 @@ def evaluate(gen: Generator, seeds, size: int, device) -> dict:
     renderers = [PairRenderer(sample_character(s), (size, size), FACE_CROP) for s in seeds]
     for name, values in EVAL_TARGETS.items():
         ours, base, ours_s, base_s = [], [], [], []
-        rest = np.stack([np.clip(np.rint(r.rest.image * 255), 0, 255).astype(np.uint8) for r in renderers])
+        rest = np.stack([quantise(r.rest.image) for r in renderers])
         target = [r.renderer.render({**REST, **values}).image for r in renderers]
         c_t = torch.from_numpy(np.repeat(driving(character_vector({**REST, **values}))[None], len(seeds), 0))
         x = to_net(rest).to(device)
@@ -125,9 +114,9 @@ def evaluate(gen: Generator, seeds, size: int, device) -> dict:
         cancelled = from_net((x + raw - at_rest).clamp(-1, 1))  # as the render path applies it (pipeline.py)
         rendered = []
         for i in range(len(seeds)):
-            t, o, b = composite(target[i]), composite(out[i]), composite(rest[i] / 255.0)
+            t, o, b = over_grey(target[i]), over_grey(out[i]), over_grey(rest[i] / 255.0)
             ours.append(psnr(o, t))
-            rendered.append(psnr(composite(cancelled[i]), t))
+            rendered.append(psnr(over_grey(cancelled[i]), t))
             base.append(psnr(b, t))
             ours_s.append(ssim(o, t))
             base_s.append(ssim(b, t))
@@ -149,15 +138,6 @@ def format_eval(rows: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ training
-
-
-def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
-    """Deployable weights: ``path`` (.safetensors) + the JSON config beside it."""
-    save_weights(gen, path, "atw", extra)
-
-
-def load_generator(path, device="cpu") -> Generator:
-    return Trainer.load_generator(path, device)
 
 
 class Trainer(RunTrainer):

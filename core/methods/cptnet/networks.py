@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ...blocks import EncoderDecoder, conv_unit, patch_trunk, up_decoder, warp
+from ...weights import load_weights, save_weights
 
 VARIANTS = ("mask", "grid", "mask+grid", "mask+grid+ms")
 POSE_DIM = 5
@@ -171,3 +172,13 @@ class Critic(nn.Module):
 
     def forward(self, img):
         return self.adv(self.trunk(img))
+
+
+def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
+    """Deployable weights: ``path`` (.safetensors) + the JSON config beside it."""
+    save_weights(gen, path, "cptnet", extra)
+
+
+def load_generator(path, device="cpu") -> Generator:
+    """Weights written by :func:`save_generator` (shipped or trained), ready for inference on ``device``."""
+    return load_weights(path, lambda m: Generator(CPTNetConfig(**m)), "cptnet", device)

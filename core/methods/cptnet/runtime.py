@@ -15,24 +15,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...reswarp import Box
-from ...training import float_to_net, from_net, pick_device
-from .networks import drive
-from .trainer import load_generator
+from ...box import Box
+from ...generator import Generated, Generator
+from ...pixels import float_to_net, from_net
+from ...weights import pick_device
+from .networks import drive, load_generator
 
 
-def head_box(face, width: int, height: int) -> tuple:
+def head_box(face: Box, width: int, height: int) -> Box:
     """The head crop CPTNet was trained on (``keyface synth --framing head``) around a face box (x, y, side, side):
-    a square of twice the face box's side whose centre sits an eighth of the face side above the face box's centre
-    (the engine's face box is 2 × 2 units about (0, 0.25), the head crop 4 × 4 units about (0, 0)). Where that square
-    leaves the image it is shifted back inside, and shrunk only if the image is smaller than it."""
-    x, y, w, h = (int(v) for v in face)
-    f = max(w, h)
-    b = Box.square(x + w / 2, y + h / 2 - f / 8, 2 * f, width, height)
-    return (b.x, b.y, b.w, b.h)
+    the square of twice the face box's side about the same centre (the face box, THA's head box, is 2 × 2 units about
+    the head's origin, the head crop 4 × 4 units about it). Where that square leaves the image it is shifted back
+    inside, and shrunk only if the image is smaller than it."""
+    x, y, w, h = Box.of(face)
+    return Box.square(x + w / 2, y + h / 2, 2 * max(w, h), width, height)
 
 
-class CPTNetRuntime:
+class CPTNetRuntime(Generator):
     schema = "pose5"
 
     def __init__(self, weights, device: str = "cpu"):
@@ -40,17 +39,13 @@ class CPTNetRuntime:
         self.net = load_generator(weights, self.device)
         self.grid = (self.net.cfg.size, self.net.cfg.size)
 
-    def default_box(self, source: np.ndarray) -> tuple:
-        """No box given: the head crop around the automatically detected face box (:func:`head_box`)."""
-        from ...facebox import detect_face_box
-
-        b = detect_face_box(source)
-        return head_box((b.x, b.y, b.w, b.h), source.shape[1], source.shape[0])
+    def working_box(self, face_box: Box, source: np.ndarray) -> Box:
+        """The head crop around the face box (:func:`head_box`)."""
+        return head_box(face_box, source.shape[1], source.shape[0])
 
     @torch.inference_mode()
-    def __call__(self, low: np.ndarray, values: np.ndarray):
-        """low (B, h, w, 4) float32 straight RGBA [0, 1]; values (B, 5) pose5 → (result (B, h, w, 4) straight RGBA,
-        flow (B, h, w, 2) backward, grid pixels, residual weight (B, h, w) in [0, 1])."""
+    def __call__(self, low: np.ndarray, values: np.ndarray) -> Generated:
+        """The output, the grid branch's field as flow and the residual weight of the module docstring."""
         x = float_to_net(low).to(self.device)
         d = torch.from_numpy(drive(values)).to(self.device)
         out = self.net(x, d)
@@ -61,5 +56,5 @@ class CPTNetRuntime:
             weight = weight * out["fusion_mask"]
         elif not cfg.uses_grid:
             weight = weight * out["mask_keep"]
-        return (from_net(out["out"]), flow.permute(0, 2, 3, 1).float().cpu().numpy(),
-                weight[:, 0].float().cpu().numpy())
+        return Generated(from_net(out["out"]), flow.permute(0, 2, 3, 1).float().cpu().numpy(),
+                         weight[:, 0].float().cpu().numpy())

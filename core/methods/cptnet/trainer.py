@@ -17,20 +17,11 @@ import numpy as np
 import torch
 
 from ...errors import KeyfaceError
-from ...training import (
-    RunConfig,
-    RunTrainer,
-    composite,
-    from_net,
-    load_split,
-    mixed_indices,
-    save_weights,
-    ssim,
-    to_net,
-    validation_seeds,
-)
+from ...metrics import ssim
+from ...pixels import from_net, over_grey, quantise, to_net
+from ...training import RunConfig, RunTrainer, load_split, mixed_indices, validation_seeds
 from .losses import LossWeights, critic_loss, generator_losses
-from .networks import CPTNetConfig, Critic, Generator, drive
+from .networks import CPTNetConfig, Critic, Generator, drive, load_generator
 
 MODES = ("both", "supervised")
 EVAL_POSES = {
@@ -71,17 +62,9 @@ class TrainConfig(RunConfig):
         return cls(**d)
 
 
-def save_generator(gen: Generator, path, extra: dict | None = None) -> None:
-    save_weights(gen, path, "cptnet", extra)
-
-
-def load_generator(path, device="cpu") -> Generator:
-    return Trainer.load_generator(path, device)
-
-
 def metrics(out: np.ndarray, target: np.ndarray) -> dict:
     """Table 1's metrics on one image pair (straight RGBA [0, 1], compared as RGB over grey): L1, RMSE, SSIM."""
-    a, b = composite(out), composite(target)
+    a, b = over_grey(out), over_grey(target)
     return {"l1": float(np.abs(a - b).mean()), "rmse": float(np.sqrt(((a - b) ** 2).mean())), "ssim": ssim(a, b)}
 
 
@@ -117,12 +100,12 @@ def evaluate(gen: Generator, seeds, size: int, device) -> dict:
     names5 = get_schema("pose5").names
     char_names = character_schema().names
     renderers = [PairRenderer(sample_character(s), (size, size), FRAMINGS["head"]) for s in seeds]
-    rest = np.stack([np.clip(np.rint(r.rest.image * 255), 0, 255).astype(np.uint8) for r in renderers])
+    rest = np.stack([quantise(r.rest.image) for r in renderers])
     rows = {}
     for name, pose in EVAL_POSES.items():
         p5 = np.array([{**REST5, **pose}[n] for n in names5], np.float32)
         values = dict(zip(char_names, convert(p5, "pose5", "character"), strict=True))
-        target = np.stack([np.clip(np.rint(r.renderer.render(values).image * 255), 0, 255).astype(np.uint8)
+        target = np.stack([quantise(r.renderer.render(values).image)
                            for r in renderers])
         r = evaluate_pairs(gen, rest, target, np.repeat(p5[None], len(seeds), 0), device)
         rows[name] = {**r["ours"], **{f"{k}_identity": v for k, v in r["identity"].items()}}

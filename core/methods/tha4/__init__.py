@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import KeyfaceError
-from ...models import ModelInfo, register, register_family
+from ...models import Method, ModelInfo
 
 PREFIX = "tha4-student"
 TEACHER = Path(__file__).parent / "weights" / "teacher256"  # keyface's reduced teacher (MODEL_CARD.md there)
@@ -30,16 +30,13 @@ def family(arg: str) -> ModelInfo:
                      folder, load)
 
 
-register_family(PREFIX, family)
-
-
 def _is_model(folder: Path) -> bool:
     return all(any((folder / f"{k}_morpher{e}").exists() for e in (".pt", ".safetensors")) for k in ("face", "body"))
 
 
-def discover() -> None:
-    """Register the character models named by ``$KEYFACE_THA4_MODELS`` (folders separated by the OS path separator:
-    a character model folder, or a folder holding several), so that ``keyface models`` and the editors list them."""
+def models():
+    """The character models named by ``$KEYFACE_THA4_MODELS`` (folders separated by the OS path separator: a
+    character model folder, or a folder holding several), so that ``keyface models`` and the editors list them."""
     import os
 
     for entry in filter(None, os.environ.get("KEYFACE_THA4_MODELS", "").split(os.pathsep)):
@@ -47,7 +44,14 @@ def discover() -> None:
         candidates = [root] if _is_model(root) else sorted(p for p in root.glob("*") if p.is_dir())
         for folder in candidates:
             if _is_model(folder):
-                register(family(str(folder)))
+                yield family(str(folder))
 
 
-discover()
+def commands(cmds) -> None:
+    from .cli import commands as add
+
+    add(cmds)
+
+
+METHOD = Method("tha4", "Talking Head(?) Anime 4 (seed 001): student character models, teacher, distillation",
+                models=models, families={PREFIX: family}, commands=commands)

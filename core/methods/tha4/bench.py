@@ -37,7 +37,7 @@ def _time(fn, image, poses, device) -> tuple[float, list]:
 
 
 def bench_tha4(character, image=None, repeat: int = 10, device: str = "cpu", out=sys.stdout) -> list[dict]:
-    from ...training import pick_device
+    from ...weights import pick_device
 
     dev = pick_device(device)
     w = StudentWeights.load(character)

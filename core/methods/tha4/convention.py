@@ -8,16 +8,13 @@ import numpy as np
 import torch
 
 from ...errors import KeyfaceError
+from ...metrics import psnr
+from ...pixels import linear_to_srgb, quantise, srgb_to_linear
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0, 1)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0, 1)
-    return np.where(c <= 0.003130804953560372, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
+def psnr_official(a, b) -> float:
+    """PSNR of two official-convention images ([−1, 1]: peak-to-peak 2)."""
+    return psnr(a, b, peak=2.0)
 
 
 def to_official(rgba_u8: np.ndarray) -> torch.Tensor:
@@ -37,4 +34,4 @@ def official_to_png(x: torch.Tensor) -> np.ndarray:
     y = (x.detach().float().cpu().numpy().transpose(1, 2, 0) + 1) / 2
     rgb = linear_to_srgb(y[..., :3])
     a = np.clip(y[..., 3:], 0, 1)
-    return np.rint(np.concatenate([rgb, a], axis=2) * 255).astype(np.uint8)
+    return quantise(np.concatenate([rgb, a], axis=2))

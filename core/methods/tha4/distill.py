@@ -41,9 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...blocks import positions
+from ...box import Box
 from ...errors import KeyfaceError
 from ...io import atomic_write_text
-from .student import FACE_PARAMS, OMEGA, POSE_DIM
+from .convention import psnr_official
+from .student import FACE_BOX, FACE_PARAMS, OMEGA, POSE_DIM
 
 FACE_WIDTH, FACE_LAYERS = 128, 8
 BODY_WIDTHS = ((360, 360, 180), (180, 180, 90), (90, 90, 90))
@@ -123,10 +125,10 @@ class SirenBodyMorpher(nn.Module):
         return self.last_linear(feats)
 
 
-def face_box(size: int) -> tuple[int, int, int, int]:
-    """The face crop (rows y0:y1, cols x0:x1) for a ``size``² character (512²: 80–207, 192–319)."""
-    s = size / 512
-    return int(80 * s), int(208 * s), int(192 * s), int(320 * s)
+def face_box(size: int) -> tuple[slice, slice]:
+    """The face crop's (rows, columns) slices for a ``size``² character (512²: :data:`.student.FACE_BOX`, rows
+    80–207, columns 192–319)."""
+    return Box(*(int(v * size / 512) for v in FACE_BOX)).slices
 
 
 def body_formation(out7: torch.Tensor, image: torch.Tensor) -> dict:
@@ -142,9 +144,9 @@ def body_formation(out7: torch.Tensor, image: torch.Tensor) -> dict:
 def student_image(face: SirenFaceMorpher, body: SirenBodyMorpher, image: torch.Tensor, pose: torch.Tensor):
     """The trainable students' final image (B, 4, S, S) for ``image`` (1, 4, S, S) at their own size: the face patch
     pasted, then the body morpher's warp and blend."""
-    y0, y1, x0, x1 = face_box(image.shape[-1])
+    rows, cols = face_box(image.shape[-1])
     img = image.expand(len(pose), -1, -1, -1).clone()
-    img[:, :, y0:y1, x0:x1] = face(pose)
+    img[:, :, rows, cols] = face(pose)
     return body_formation(body(pose), img)["image"]
 
 
@@ -192,12 +194,6 @@ class DistillConfig:
     seed: int = 0
     checkpoint_minutes: float = 5.0
     eval_poses: int = 1000
-
-
-def psnr_official(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR of two official-convention images ([−1, 1]: peak-to-peak 2)."""
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
 class Distiller:
@@ -338,3 +334,50 @@ class Distiller:
         atomic_write_text(self.out / "distill.json", json.dumps(record, indent=1))
         self.log(json.dumps(record["student_vs_teacher"]))
         return record
+
+
+def load_teacher(spec: str, device: str = "cpu"):
+    """A distillation teacher by name: ``tha4-teacher`` (keyface's shipped teacher), ``tha4-teacher:FOLDER`` (face,
+    rotator and editor .safetensors) or ``tha4-student:FOLDER`` (a THA4 character model)."""
+    from ...weights import pick_device
+
+    kind, _, folder = spec.partition(":")
+    if kind == "tha4-teacher":
+        from . import TEACHER
+        from .train_teacher import TeacherPipeline
+
+        return TeacherPipeline(folder or TEACHER, pick_device(device))
+    if kind == "tha4-student" and folder:
+        from .runtime import THA4StudentRuntime
+
+        return THA4StudentRuntime(folder, device).student
+    raise KeyfaceError(f"{spec}: a teacher is tha4-teacher (keyface's shipped teacher), tha4-teacher:FOLDER (face, "
+                       "rotator and editor .safetensors) or tha4-student:FOLDER (a THA4 character model)")
+
+
+def distillation_inputs(image_path, mask_path, size: int):
+    """The character (512×512 8-bit RGBA, THA framing) and its optional face mask as the students' training inputs at
+    the teacher's size: a reduced teacher (e.g. 256²) gets the character scaled down to it (the students are
+    coordinate networks, so the character model still renders at 512²) and the face crop's mask max-pooled (a
+    face-crop pixel is movable when any pixel it covers is)."""
+    from ...imageio import read_image
+    from .convention import to_official
+
+    img = read_image(image_path)
+    if img.shape != (512, 512, 4) or img.dtype != np.uint8:
+        raise KeyfaceError(f"{image_path}: THA4 distills a 512×512 8-bit RGBA character image, got "
+                           f"{img.shape[1]}×{img.shape[0]} {img.dtype}")
+    image = to_official(img)
+    if size != 512:
+        image = F.interpolate(image, size=(size, size), mode="area")
+    mask = None
+    if mask_path:
+        m = read_image(mask_path)
+        if m.shape[:2] != (512, 512):
+            raise KeyfaceError(f"{mask_path}: the face mask must be 512×512 like the character")
+        m = m[face_box(512)]
+        m = m[..., :3].max(axis=2) if m.ndim == 3 else m
+        mask = torch.from_numpy((m > (m.max() / 2)).astype(np.float32))[None, None]
+        if size != 512:
+            mask = F.adaptive_max_pool2d(mask, size // 4)
+    return image, mask

@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 
 from ...blocks import positions
+from ...box import Box
 from ...errors import KeyfaceError
 
 OMEGA = 30.0
-FACE_BOX = (80, 208, 192, 320)  # rows y0:y1, cols x0:x1 of the 512² image (mode_14)
+FACE_BOX = (192, 80, 128, 128)  # the face crop (x, y, w, h) of the 512² image (mode_14)
 FACE_PARAMS = 39
 POSE_DIM = 45
 LEVELS = (128, 256, 512)
@@ -104,9 +105,9 @@ class StudentWeights:
 
 def compose(image: torch.Tensor, face_patch: torch.Tensor, body_out: torch.Tensor) -> dict:
     """The official image formation from the body morpher's 7 channels at 512²."""
-    y0, y1, x0, x1 = FACE_BOX
+    rows, cols = Box(*FACE_BOX).slices
     img = image.expand(len(face_patch), -1, -1, -1).clone()
-    img[:, :, y0:y1, x0:x1] = face_patch
+    img[:, :, rows, cols] = face_patch
     grid_change, alpha, color = body_out[:, 0:2], body_out[:, 2:3], body_out[:, 3:7]
     n = image.shape[-1]
     grid = (positions(n, image.device, image.dtype) + grid_change).permute(0, 2, 3, 1)

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import KeyfaceError
+from ...pixels import quantise
 from ...training import RunConfig, RunTrainer, load_split, validation_seeds
-from .distill import face_box, psnr_official
+from .convention import psnr_official
+from .distill import face_box
 from .runtime import float_to_official
 from .teacher import (
     EDITOR,
@@ -94,7 +96,7 @@ class TeacherTrainer(RunTrainer):
         import json
         from pathlib import Path
 
-        from ...training import load_weights
+        from ...weights import load_weights
 
         meta = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
         stage = meta.get("stage")
@@ -140,7 +142,7 @@ class TeacherTrainer(RunTrainer):
         self.kind = "expression" if cfg.stage == "face" else "rotation"
 
     def save_generator(self, path, extra: dict) -> None:
-        from ...training import save_weights
+        from ...weights import save_weights
 
         save_weights(self.gen, path, self.method, {**extra, "stage": self.cfg.stage})
 
@@ -150,8 +152,8 @@ class TeacherTrainer(RunTrainer):
         y = float_to_official(posed_u8 / np.float32(255)).to(self.device)
         p = torch.from_numpy(pose).to(self.device)
         if self.cfg.stage == "face":
-            y0, y1, x0, x1 = face_box(self.size)
-            return x[:, :, y0:y1, x0:x1], y[:, :, y0:y1, x0:x1], p[:, :39]
+            rows, cols = face_box(self.size)
+            return x[:, :, rows, cols], y[:, :, rows, cols], p[:, :39]
         if self.cfg.stage == "rotator":
             return _down(x), _down(y), p[:, 39:45]
         return x, y, p[:, 39:45]
@@ -233,8 +235,8 @@ def validation_pair(seed: int, size: int, kind: str, k: int = 0):
     rng = np.random.default_rng([seed, 0x7E4, k] if k else [seed, 0x7E4])  # k = 0: the trainers' validation pose
     pose = pose_for(sample_pose(rng), kind, "tha45")
     pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["full"])
-    rest = np.clip(np.rint(pr.rest.image * 255), 0, 255).astype(np.uint8)[None]
-    posed = np.clip(np.rint(pr.renderer.render(pose).image * 255), 0, 255).astype(np.uint8)[None]
+    rest = quantise(pr.rest.image)[None]
+    posed = quantise(pr.renderer.render(pose).image)[None]
     return rest, posed, convert(character_vector(pose)[None], "character", "tha45").astype(np.float32)
 
 
@@ -263,17 +265,17 @@ class TeacherPipeline:
     @torch.no_grad()
     def morph_face(self, image: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """The face stage alone: the morphed face crop (B, 4, size/4, size/4)."""
-        y0, y1, x0, x1 = face_box(image.shape[-1])
-        crop = image.to(self.device)[:, :, y0:y1, x0:x1].expand(len(pose), -1, -1, -1)
+        rows, cols = face_box(image.shape[-1])
+        crop = image.to(self.device)[:, :, rows, cols].expand(len(pose), -1, -1, -1)
         return self.face(crop, pose.to(self.device)[:, :39])["out"]
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, pose: torch.Tensor) -> dict:
         image, pose = image.to(self.device), pose.to(self.device)
-        y0, y1, x0, x1 = face_box(image.shape[-1])
+        rows, cols = face_box(image.shape[-1])
         face = self.morph_face(image, pose)
         img = image.expand(len(pose), -1, -1, -1).clone()
-        img[:, :, y0:y1, x0:x1] = face
+        img[:, :, rows, cols] = face
         rot = pose[:, 39:45]
         half = self.rotator(_down(img), rot)
         out = self.editor(img, rot, half["blended"], half["flow"])
@@ -290,7 +292,7 @@ def evaluate_teacher(teacher: TeacherPipeline, data, batch: int = 8) -> dict:
     cols = load_split(data, "test", ("rest", "posed", "param_tha45"))
     if cols["rest"].shape[1] != teacher.size:
         raise KeyfaceError(f"{data} has {cols['rest'].shape[1]}² images; this teacher works at {teacher.size}²")
-    y0, y1, x0, x1 = face_box(teacher.size)
+    face_rows, face_cols = face_box(teacher.size)
     rows = {k: [] for k in ("psnr", "identity", "face_psnr", "face_identity", "face_stage")}
     for i in range(0, len(cols["rest"]), batch):
         rest = float_to_official(cols["rest"][i:i + batch] / np.float32(255))
@@ -301,9 +303,9 @@ def evaluate_teacher(teacher: TeacherPipeline, data, batch: int = 8) -> dict:
             o, f = out["image"][0].cpu(), out["face"][0].cpu()
             rows["psnr"].append(psnr_official(o, y))
             rows["identity"].append(psnr_official(r, y))
-            rows["face_psnr"].append(psnr_official(o[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
-            rows["face_identity"].append(psnr_official(r[:, y0:y1, x0:x1], y[:, y0:y1, x0:x1]))
-            rows["face_stage"].append(psnr_official(f, y[:, y0:y1, x0:x1]))  # the face morpher's crop alone
+            rows["face_psnr"].append(psnr_official(o[:, face_rows, face_cols], y[:, face_rows, face_cols]))
+            rows["face_identity"].append(psnr_official(r[:, face_rows, face_cols], y[:, face_rows, face_cols]))
+            rows["face_stage"].append(psnr_official(f, y[:, face_rows, face_cols]))  # the face morpher's crop alone
     psnr, identity = _paired_means(rows["psnr"], rows["identity"])
     face, face_identity = _paired_means(rows["face_psnr"], rows["face_identity"])
     face_stage, _ = _paired_means(rows["face_stage"], rows["face_identity"])

@@ -1,8 +1,8 @@
 """ResWarp's torch backend: the per-frame lift for batches of frames on CPU or CUDA.
 
-The decomposition (pyramid and residuals) comes from the :class:`~keyface.core.reswarp.Lifter` (computed once per source
-with OpenCV) and is uploaded once. Sampling reproduces the CPU path's geometry: the same float positions, half-pixel
-centres, border replicate, bilinear or bicubic (a = −0.75, as OpenCV).
+The decomposition (pyramid and residuals) comes from the :class:`~keyface.core.reswarp.cpu.Lifter` (computed once
+per source with OpenCV) and is uploaded once. Sampling reproduces the CPU path's geometry: the same float positions,
+half-pixel centres, border replicate, bilinear or bicubic (a = −0.75, as OpenCV).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .reswarp import _up_coords
+from .geometry import strips, up_coords
 
 
 def _positions(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -34,8 +34,8 @@ class TorchLifter:
 
     def _up_maps(self, out_hw, in_hw, batch: int, rows: slice | None = None):
         rows = rows or slice(0, out_hw[0])
-        ys = torch.from_numpy(_up_coords(out_hw[0], in_hw[0], rows.start, rows.stop)).to(self.device)
-        xs = torch.from_numpy(_up_coords(out_hw[1], in_hw[1])).to(self.device)
+        ys = torch.from_numpy(up_coords(out_hw[0], in_hw[0], rows.start, rows.stop)).to(self.device)
+        xs = torch.from_numpy(up_coords(out_hw[1], in_hw[1])).to(self.device)
         my, mx = torch.meshgrid(ys, xs, indexing="ij")
         return mx.expand(batch, -1, -1), my.expand(batch, -1, -1)
 
@@ -61,8 +61,6 @@ class TorchLifter:
     @torch.no_grad()
     def lift(self, lows: np.ndarray, flows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Coarse levels whole; level 0 in row strips (bounded memory), each composited into the output frames."""
-        from .reswarp import _strips
-
         lf = self.lifter
         batch = len(lows)
         result = torch.from_numpy(np.ascontiguousarray(lows)).permute(0, 3, 1, 2).to(self.device)
@@ -73,9 +71,9 @@ class TorchLifter:
             result = self._level(k, result, flow, slice(0, lf.sizes[k][0]), weight)
         out = np.repeat(lf.source[None], batch, axis=0)
         cols = slice(0, lf.box.w)
-        for rows in _strips(0, lf.box.h, batch * lf.box.w):
+        for rows in strips(0, lf.box.h, batch * lf.box.w):
             region = self._level(0, result, flow, rows, weight).permute(0, 2, 3, 1).cpu().numpy()
             for i in range(batch):
                 out[i][lf.box.y + rows.start:lf.box.y + rows.stop, lf.box.x:lf.box.x + lf.box.w] = (
-                    lf._composite(region[i], rows, cols))
+                    lf.composite(region[i], rows, cols))
         return out

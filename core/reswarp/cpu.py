@@ -1,139 +1,36 @@
-"""ResWarp (seed 004 §3.1, §3.4): lift a generator's low-resolution result to the document's full resolution.
-
-The full-resolution **box** (the face crop the generator saw, resized to its grid) is decomposed into a low-resolution
-image plus high-frequency residuals. Given the generator's low-res result ``O`` and its motion field, the residuals are
-warped by the up-sampled field and added to the up-sampled result:
-
-* ``vanilla``:     O^h = up(O) + warp(R, up(F)),          R = I - up(down(I))
-* ``multiscale``:  O_n = O;  O_k = up(O_{k+1}) + warp(R_k, up(F))  for k = n-1 … 0,   R_k = I_k - up(I_{k+1}),
-  with I_0 the box, I_{k+1} = down(I_k) halving each level until the next halving would go below the grid, and a last
-  step to the grid itself.
-
-**Flow convention** (one for all of keyface): a *backward* flow in low-res pixel units, float32 ``(h, w, 2)``: output
-pixel (x, y) takes its content from input position (x + flow[y, x, 0], y + flow[y, x, 1]). At a finer level the field
-is bilinearly up-sampled and multiplied by the level's size over the grid's, per axis.
-
-**Geometry, any size.** Every resampling uses one pixel-centre convention (pixel i covers [i, i+1), its centre i + ½):
-down-sampling is area averaging (OpenCV INTER_AREA: an exact 2×2 mean for even sizes, fractional-area weights for
-odd sizes or non-integer ratios), up-sampling is bilinear with half-pixel centres (output x samples input
-(x + ½)·w/W − ½, clamped at the border). Odd sizes therefore round the level size (e.g. 375 → 188) without shifting
-the image by half a pixel, and any aspect ratio maps to any grid (scale per axis). All work is in float32 and sampling
-positions are exact floats (OpenCV's remap interpolates float images at float positions exactly), so the CPU (OpenCV)
-and torch backends compute the same values up to float rounding.
-
-**Residual warp interpolation**: bicubic (``interp="cubic"``, a = −0.75, the default) or bilinear (``"linear"``).
-Chosen by measurement: on the analytic warps of ``keyface.core.analytic`` at 1920×1080, bicubic gained 1.5–3 dB PSNR
-over bilinear for both modes at about the same speed (``keyface bench reswarp`` prints the table).
-
-**RGBA**: colour is lifted premultiplied (RGB·α, α) and divided back at the end, so transparent edges get no dark or
-light fringe; where the result is fully transparent the source colour is kept. When the generator returns no alpha,
-the low-res alpha is the source's down-sampled alpha warped by the flow, lifted like colour (≈ the warped source
-alpha). uint8 and uint16 results keep their depth (rounded), floats stay float32.
-
-**In place with a box**: the lifted box is composited back with a feather ramp of ``feather`` pixels inside the box
-edges that lie inside the image; everything outside the box is bit-identical to the source. Within the box, pixels
-whose output cannot differ from the source (zero flow around them and an unchanged low-res result) are copied from the
-source, which makes a typical expression edit touch only the eye and mouth regions.
-"""
-
+"""ResWarp's CPU back end (OpenCV): the decomposition of a source, and the per-frame lift."""
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .errors import KeyfaceError
+from ..box import Box
+from ..errors import ResWarpError
+from ..pixels import quantise
+from .geometry import (
+    DEFAULT_GRID,
+    INTERPS,
+    active_rects,
+    cells_to_pixels,
+    check_image,
+    feather_ramps,
+    level_sizes,
+    runs,
+    scale_of,
+    strips,
+    up_coords,
+)
 
-MODES = ("multiscale", "vanilla")
-INTERPS = ("linear", "cubic")
-DEFAULT_GRID = (128, 128)  # (height, width)
 _CV_INTERP = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
-
-
-class ResWarpError(KeyfaceError, ValueError):
-    """Bad input to ResWarp: sizes that do not match, non-finite flow, unsupported image type."""
-
-
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    w: int
-    h: int
-
-    @classmethod
-    def parse(cls, text: str) -> Box:
-        try:
-            x, y, w, h = (int(v) for v in str(text).split(","))
-        except ValueError:
-            raise ResWarpError(f"box must be x,y,w,h (integers), got {text!r}") from None
-        return cls(x, y, w, h)
-
-    @classmethod
-    def square(cls, cx: float, cy: float, side: float, width: int, height: int) -> Box:
-        """The square of ``side`` centred at (cx, cy), moved (not shrunk) to lie inside a width × height image; shrunk
-        only when the image is smaller than the side."""
-        side = int(min(side, width, height))
-        x = int(round(min(max(cx - side / 2, 0), width - side)))
-        y = int(round(min(max(cy - side / 2, 0), height - side)))
-        return cls(x, y, side, side)
-
-    def check(self, width: int, height: int) -> Box:
-        if self.w < 1 or self.h < 1 or self.x < 0 or self.y < 0 or self.x + self.w > width or self.y + self.h > height:
-            raise ResWarpError(f"box {self.x},{self.y},{self.w},{self.h} does not fit the {width}×{height} image")
-        return self
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y, self.y + self.h), slice(self.x, self.x + self.w)
-
-
-def level_sizes(box_hw: tuple[int, int], grid_hw: tuple[int, int], mode: str) -> list[tuple[int, int]]:
-    """Sizes (h, w) from the box (level 0) down to the grid (last level)."""
-    if mode not in MODES:
-        raise ResWarpError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    sizes = [tuple(box_hw)]
-    if mode == "multiscale":
-        while True:
-            h, w = sizes[-1]
-            nh, nw = (h + 1) // 2, (w + 1) // 2  # halve, rounding half up
-            if nh < grid_hw[0] or nw < grid_hw[1]:
-                break
-            sizes.append((nh, nw))
-    if sizes[-1] != tuple(grid_hw) or len(sizes) == 1:  # a box already at the grid size gets a zero residual
-        sizes.append(tuple(grid_hw))
-    return sizes
 
 
 # ------------------------------------------------------------------------------------------- pixel formats
 
 
-def _scale_of(dtype) -> float:
-    if dtype == np.uint8:
-        return 255.0
-    if dtype == np.uint16:
-        return 65535.0
-    if np.issubdtype(dtype, np.floating):
-        return 1.0
-    raise ResWarpError(f"unsupported image type {dtype} (use uint8, uint16 or float)")
-
-
-def _check_image(img: np.ndarray, what: str) -> np.ndarray:
-    img = np.asarray(img)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ResWarpError(f"{what} must be H×W×3 or H×W×4, got shape {img.shape}")
-    _scale_of(img.dtype)
-    if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
-        raise ResWarpError(f"{what} contains NaN or inf")
-    return img
-
-
 def to_work(img: np.ndarray) -> np.ndarray:
     """float32 working copy: values / full scale; RGBA premultiplied (R·α, G·α, B·α, α)."""
     work = img.astype(np.float32)
-    work *= np.float32(1.0 / _scale_of(img.dtype))
+    work *= np.float32(1.0 / scale_of(img.dtype))
     if work.shape[2] == 4:
         work[..., :3] *= work[..., 3:4]
     return work
@@ -151,7 +48,7 @@ def from_work(work: np.ndarray, dtype, fallback: np.ndarray | None = None) -> np
         if integer:
             np.minimum(alpha, 1, out=alpha)
         # a pixel whose alpha rounds to 0 in the output format has no defined colour: it takes the fallback's
-        opaque = alpha >= (0.5 / _scale_of(dtype) if integer else 1e-6)
+        opaque = alpha >= (0.5 / scale_of(dtype) if integer else 1e-6)
         inv = np.zeros_like(alpha)  # where not opaque the colour is replaced by the fallback below
         np.reciprocal(alpha, out=inv, where=opaque)
         factors = cv2.merge([inv, inv, inv, np.ones_like(inv)])
@@ -159,9 +56,9 @@ def from_work(work: np.ndarray, dtype, fallback: np.ndarray | None = None) -> np
         depth = cv2.CV_8U if dtype == np.uint8 else cv2.CV_16U
         # saturate_cast rounds half to even and clips to the type's range, like rint + clip
         if work.shape[2] == 4:
-            out = cv2.multiply(work, factors, scale=_scale_of(dtype), dtype=depth)
+            out = cv2.multiply(work, factors, scale=scale_of(dtype), dtype=depth)
         else:
-            out = cv2.addWeighted(work, _scale_of(dtype), work, 0.0, 0.0, dtype=depth)
+            out = cv2.addWeighted(work, scale_of(dtype), work, 0.0, 0.0, dtype=depth)
     else:
         out = cv2.multiply(work, factors) if work.shape[2] == 4 else work.astype(np.float32, copy=True)
     out = out.reshape(work.shape)
@@ -176,13 +73,6 @@ def from_work(work: np.ndarray, dtype, fallback: np.ndarray | None = None) -> np
 
 def area_down(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
-
-
-def _up_coords(n_out: int, n_in: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Input positions sampled by output pixels start..stop of an n_in → n_out bilinear up-sampling."""
-    stop = n_out if stop is None else stop
-    pos = (np.arange(start, stop, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    return np.clip(pos, 0, n_in - 1).astype(np.float32)
 
 
 def sample(img: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, interp: str = "linear") -> np.ndarray:
@@ -209,7 +99,7 @@ def up_region(img: np.ndarray, out_hw: tuple[int, int], rows: slice, cols: slice
     Wide regions of full-width inputs are computed separably (the vertical lerp on the small input, then OpenCV's
     resize along x, which uses the same half-pixel positions and float weights); others by remap at exact positions."""
     in_hw = img.shape[:2] if in_hw is None else in_hw
-    ys = _up_coords(out_hw[0], in_hw[0], rows.start, rows.stop) - origin[0]
+    ys = up_coords(out_hw[0], in_hw[0], rows.start, rows.stop) - origin[0]
     if 2 * (cols.stop - cols.start) >= out_hw[1] and origin[1] == 0 and img.shape[1] == in_hw[1]:
         y0 = np.floor(ys).astype(np.intp)
         y1 = np.minimum(y0 + 1, img.shape[0] - 1)
@@ -217,7 +107,7 @@ def up_region(img: np.ndarray, out_hw: tuple[int, int], rows: slice, cols: slice
         v = img[y0] * (1 - fy) + img[y1] * fy
         out = cv2.resize(v, (out_hw[1], len(ys)), interpolation=cv2.INTER_LINEAR)[:, cols]
         return out if out.ndim == img.ndim else out[..., None]
-    xs = _up_coords(out_hw[1], in_hw[1], cols.start, cols.stop) - origin[1]
+    xs = up_coords(out_hw[1], in_hw[1], cols.start, cols.stop) - origin[1]
     return sample(img, *_grid_maps(xs, ys), "linear")
 
 
@@ -243,28 +133,6 @@ def warp_maps(flow_lo, out_hw: tuple[int, int], rows: slice, cols: slice):
 # ------------------------------------------------------------------------------------------- the lifter
 
 
-def feather_ramps(box: Box, image_hw: tuple[int, int], feather: int) -> tuple[np.ndarray, np.ndarray]:
-    """Compositing weights along y and x (the weight of a pixel is the smaller of its two): 1 inside, ramping to 0
-    over ``feather`` pixels toward box edges that lie inside the image (edges on the image border get no ramp)."""
-    def ramp(n, lo_inside, hi_inside):
-        i = np.arange(n, dtype=np.float32) + 0.5
-        r = np.ones(n, np.float32)
-        if feather > 0 and lo_inside:
-            r = np.minimum(r, i / feather)
-        if feather > 0 and hi_inside:
-            r = np.minimum(r, (n - i) / feather)
-        return r
-
-    H, W = image_hw
-    return ramp(box.h, box.y > 0, box.y + box.h < H), ramp(box.w, box.x > 0, box.x + box.w < W)
-
-
-def _runs(mask: np.ndarray) -> list[slice]:
-    """Contiguous runs of True in a 1-D mask, as slices."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return [slice(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-
-
 class Lifter:
     """One source image prepared for lifting: its box decomposed once, then :meth:`lift` per frame.
 
@@ -275,9 +143,11 @@ class Lifter:
 
     def __init__(self, source: np.ndarray, box: Box | None = None, grid=DEFAULT_GRID, mode: str = "multiscale",
                  interp: str = "cubic", feather: int | None = None, backend: str = "auto", device: str = "cpu"):
-        self.source = _check_image(source, "source")
+        self.source = check_image(source, "source")
         H, W = self.source.shape[:2]
-        self.box = (box or Box(0, 0, W, H)).check(W, H)
+        self.box = Box.of(box) if box is not None else Box(0, 0, W, H)
+        if not self.box.inside(W, H):
+            raise ResWarpError(f"box {tuple(self.box)} does not fit the {W}×{H} source")
         self.grid = (int(grid[0]), int(grid[1]))
         if min(self.grid) < 2:
             raise ResWarpError(f"grid must be at least 2×2, got {self.grid}")
@@ -295,7 +165,7 @@ class Lifter:
         self.levels: list = [None]  # level 0 itself is not kept: lift() only needs its residual
         for hw in self.sizes[1:]:
             self.levels.append(area_down(work if len(self.levels) == 1 else self.levels[-1], hw))
-        for rs in _strips(0, self.box.h, self.box.w):
+        for rs in strips(0, self.box.h, self.box.w):
             work[rs] -= up_region(self.levels[1], self.sizes[0], rs, slice(0, self.box.w))
         self.residuals = [work] + [lvl - upsample(nxt, lvl.shape[:2])
                                    for lvl, nxt in zip(self.levels[1:-1], self.levels[2:], strict=True)]
@@ -317,17 +187,16 @@ class Lifter:
 
     def _quantised_input(self, dtype) -> np.ndarray:
         if dtype not in self._quantised:
-            scale = _scale_of(dtype)
-            self._quantised[dtype] = np.clip(np.rint(self.low_input() * scale), 0, scale).astype(dtype)
+            self._quantised[dtype] = quantise(self.low_input(), dtype)
         return self._quantised[dtype]
 
     def _low_work(self, low: np.ndarray, flow: np.ndarray) -> np.ndarray:
         """The generator's result in working form; alpha from the source (warped) when it has none."""
-        low = _check_image(low, "low-res result")
+        low = check_image(low, "low-res result")
         if low.shape[:2] != self.grid:
             raise ResWarpError(f"low-res result is {low.shape[1]}×{low.shape[0]}, the grid is "
                                f"{self.grid[1]}×{self.grid[0]}")
-        work = low.astype(np.float32) * np.float32(1.0 / _scale_of(low.dtype))
+        work = low.astype(np.float32) * np.float32(1.0 / scale_of(low.dtype))
         same = None
         if np.issubdtype(low.dtype, np.integer):
             # Pixels equal to the quantised down-sampled source mean "unchanged": they get the exact source value, so
@@ -418,13 +287,13 @@ class Lifter:
         result, origin = low_work, (0, 0)  # the coarser level's computed region and its offset in that level
         for k in range(len(self.sizes) - 2, -1, -1):
             h, w = self.sizes[k]
-            rs = slice(*_cells_to_pixels(cells[0], cells[1], self.grid[0], h))
-            cs = slice(*_cells_to_pixels(cells[2], cells[3], self.grid[1], w))
+            rs = slice(*cells_to_pixels(cells[0], cells[1], self.grid[0], h))
+            cs = slice(*cells_to_pixels(cells[2], cells[3], self.grid[1], w))
             if k == 0:
-                for strip in _strips(rs.start, rs.stop, cs.stop - cs.start):
+                for strip in strips(rs.start, rs.stop, cs.stop - cs.start):
                     region = self._level_region(k, result, origin, flow, strip, cs, weight)
                     rows = slice(self.box.y + strip.start, self.box.y + strip.stop)
-                    out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self._composite(region, strip, cs)
+                    out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self.composite(region, strip, cs)
                 return
             region = self._level_region(k, result, origin, flow, rs, cs, weight)
             # keep the region with a 2-pixel margin of the unchanged level around it for the next level
@@ -447,16 +316,16 @@ class Lifter:
         region += res
         return region
 
-    def _composite(self, region: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
+    def composite(self, region: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
         """Working-form region of the box → source format, feather-blended with the source."""
         src = self.source[self.box.slices][rs, cs]
         lifted = from_work(region, self.source.dtype, src)
         wy, wx = self.weights_y[rs], self.weights_x[cs]
         partial_rows, partial_cols = wy < 1, wx < 1
         # blend only the feather band: whole rows where the y ramp is below 1, then columns of the remaining rows
-        bands = [(r, slice(0, len(wx))) for r in _runs(partial_rows)]
+        bands = [(r, slice(0, len(wx))) for r in runs(partial_rows)]
         if partial_cols.any():
-            bands += [(r, c) for r in _runs(~partial_rows) for c in _runs(partial_cols)]
+            bands += [(r, c) for r in runs(~partial_rows) for c in runs(partial_cols)]
         for r, c in bands:
             w = np.minimum(wy[r][:, None], wx[c][None, :])[..., None]
             blended = lifted[r, c].astype(np.float32) * w + src[r, c].astype(np.float32) * (1 - w)
@@ -468,7 +337,7 @@ class Lifter:
     def lift_batch(self, lows, flows, weights=None, _prepared: bool = False) -> np.ndarray:
         """Lift a batch of frames with the torch backend (CPU or CUDA): lows (B, h, w, C), flows (B, h, w, 2),
         optional residual weights (B, h, w)."""
-        from . import reswarp_torch
+        from . import torch_backend
 
         if not _prepared:
             flows = np.stack([self._check_flow(f) for f in flows])
@@ -477,50 +346,8 @@ class Lifter:
                 checked = [self._check_weight(w) for w in weights]
                 weights = np.stack([np.ones(self.grid, np.float32) if w is None else w for w in checked])
         if self._torch is None:
-            self._torch = reswarp_torch.TorchLifter(self, self.device)
+            self._torch = torch_backend.TorchLifter(self, self.device)
         return self._torch.lift(lows, flows, weights)
-
-
-STRIP_PIXELS = 1 << 20  # level-0 pixels per strip: per-frame temporaries stay near 50 MB at any size
-
-
-def _strips(start: int, stop: int, width: int):
-    step = max(1, STRIP_PIXELS // max(1, width))
-    for r in range(start, stop, step):
-        yield slice(r, min(stop, r + step))
-
-
-def active_rects(active: np.ndarray, gap: int = 6) -> list[tuple[int, int, int, int]]:
-    """Rectangles (r0, r1, c0, c1) of grid cells covering the active cells: one per cluster (an eye, the mouth),
-    merged while any two come closer than ``gap`` cells, so that no rectangle's recomputed margin reads what another
-    one changes."""
-    if not active.any():
-        return []
-    n, labels = cv2.connectedComponents(active.astype(np.uint8), connectivity=8)
-    rects = []
-    for i in range(1, n):
-        ys, xs = np.nonzero(labels == i)
-        rects.append([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(rects)):
-            for j in range(i + 1, len(rects)):
-                a, b = rects[i], rects[j]
-                if a[0] < b[1] + gap and b[0] < a[1] + gap and a[2] < b[3] + gap and b[2] < a[3] + gap:
-                    rects[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
-                    del rects[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return [tuple(int(v) for v in r) for r in rects]
-
-
-def _cells_to_pixels(c0: int, c1: int, n_grid: int, n: int) -> tuple[int, int]:
-    """Pixels of a level of size n whose bilinear up-sampling reads grid cells in [c0, c1) (plus one cell margin)."""
-    scale = n / n_grid
-    return max(0, math.floor((c0 - 1) * scale)), min(n, math.ceil((c1 + 1) * scale))
 
 
 def _choose_backend(backend: str, device: str) -> str:
@@ -552,7 +379,7 @@ def estimate_flow(low_input: np.ndarray, low_output: np.ndarray, preset: str = "
 
 
 def _gray8(img: np.ndarray) -> np.ndarray:
-    img = _check_image(img, "image")
+    img = check_image(img, "image")
     work = to_work(img)  # premultiplied: transparent areas read as black, not as their hidden colour
     gray = cv2.cvtColor(np.ascontiguousarray(work[..., :3]), cv2.COLOR_RGB2GRAY)
-    return np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
+    return quantise(gray, np.uint8)

@@ -1,0 +1,306 @@
+"""The artist's and compositor's jobs: list models, check a scene, render it, pose one frame, lift with ResWarp,
+edit."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+
+from ..errors import KeyfaceError
+from ..video import MOVIE_FORMATS
+from .common import frames_arg, positive, positive_int, progress_bar, set_arg, table
+
+
+def cmd_models(args, out) -> int:
+    from ..models import available_models
+    from ..rig import get_converter, get_schema, schema_names
+
+    models = available_models()
+    if args.json:
+        doc = {"models": [{"id": m.id, "method": m.method, "schema": m.schema_name, "description": m.description,
+                           "licence": m.licence} for m in models],
+               "schemas": [get_schema(n).to_json() for n in ([args.schema] if args.schema else schema_names())]}
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    if args.schema:
+        schema = get_schema(args.schema)
+        out.write(f"{schema.name}: {schema.description}\n")
+        if schema.network_divisor != 1:
+            out.write(f"networks see value / {schema.network_divisor:g}\n")
+        rows = [["#", "channel", "group", "side", "min", "max", "default", "unit", "description"]]
+        for i, c in enumerate(schema.channels):
+            rows.append([str(i), c.name, c.group, c.side or "-", f"{c.min:g}", f"{c.max:g}", f"{c.default:g}",
+                         c.unit or "-", c.description])
+        table(rows, out)
+        conv = get_converter(schema)
+        for title, lost in (("character rig → " + schema.name, conv.lost_to),
+                            (schema.name + " → character rig", conv.lost_from)):
+            if lost:
+                out.write(f"\n{title} loses:\n")
+                for name, why in lost.items():
+                    out.write(f"  {name}: {why}\n")
+        return 0
+    out.write("Generators:\n")
+    if models:
+        table([[m.id, m.method, m.schema_name, m.description] for m in models], out)
+        for m in models:
+            if m.licence:
+                out.write(f"  {m.id}: {m.licence}\n")
+    else:
+        out.write("  none installed yet\n")
+    out.write("\nSchemas (keyface models --schema NAME lists the channels):\n")
+    table([["  " + n, f"{len(get_schema(n))} channels", get_schema(n).description] for n in schema_names()], out)
+    out.write("  3dmm:KxL  a 3DMM schema with K identity and L expression coefficients\n")
+    return 0
+
+
+def cmd_scene_check(args, out) -> int:
+    from ..scene import check_source, load_scene
+
+    scene = load_scene(args.file)
+    width, height = check_source(scene)
+    first, last = args.frames or scene.frame_range
+    frames = np.arange(first, last + args.step * 0.5, args.step)
+    raw = scene.sample(frames, clip=False)
+    values = np.clip(raw, scene.schema.mins, scene.schema.maxs)
+    if args.channels:
+        names = [n.strip() for n in args.channels.split(",") if n.strip()]
+        for n in names:
+            scene.schema.index(n)
+    else:
+        names = [n for n in scene.schema.names if n in scene.timeline.tracks]
+    idx = [scene.schema.index(n) for n in names]
+    over = [scene.schema.names[i] for i in range(len(scene.schema)) if np.any(raw[:, i] != values[:, i])]
+    warnings = [f"{n}'s curve goes past its range (user handles); sampled values are held at the limit" for n in over]
+    if args.json:
+        doc = {"frames": frames.tolist(), "values": {n: values[:, i].tolist() for n, i in zip(names, idx, strict=True)},
+               "warnings": warnings}
+        out.write(json.dumps(doc) + "\n")
+        return 0
+    box = "automatic" if scene.face_box is None else "x={} y={} w={} h={}".format(*scene.face_box)
+    out.write(f"{args.file}: OK\n  schema {scene.schema.name}, model {scene.model or '(none)'}, "
+              f"frames {scene.frame_range[0]}–{scene.frame_range[1]} at {scene.fps:g} fps\n"
+              f"  source {scene.source} ({width}×{height}), face box {box}\n"
+              f"  output {scene.output.format} {scene.output.bit_depth}-bit, ResWarp {scene.output.reswarp}, "
+              f"into {scene.output.directory}/\n")
+    for w in warnings:
+        out.write(f"  warning: {w}\n")
+    if not names:
+        out.write("  no tracks: every frame is the rest pose\n")
+        return 0
+    digits = 0 if float(args.step).is_integer() else 3
+    rows = [["frame"] + names] + [[f"{f:.{digits}f}"] + [f"{values[r, i]:.3f}" for i in idx]
+                                  for r, f in enumerate(frames)]
+    table(rows, out)
+    return 0
+
+
+def cmd_reswarp(args, out) -> int:
+    from ..box import Box
+    from ..errors import ResWarpError
+    from ..imageio import read_image, write_image
+    from ..reswarp import Lifter, estimate_flow
+
+    source = read_image(args.source)
+    low = read_image(args.low)
+    box = Box.parse(args.box) if args.box else None
+    if args.flow == "estimate":
+        flow = None
+    else:
+        try:
+            flow = np.load(args.flow, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ResWarpError(f"cannot read flow {args.flow}: {e}") from None
+    lifter = Lifter(source, box, grid=low.shape[:2], mode=args.mode, interp=args.interp, feather=args.feather)
+    if flow is None:
+        flow = estimate_flow(lifter.low_input(), low)
+    write_image(args.out, lifter.lift(low, flow))
+    out.write(f"wrote {args.out} ({source.shape[1]}×{source.shape[0]}, {args.mode})\n")
+    return 0
+
+
+def cmd_render(args, out) -> int:
+    from ..pipeline import render_scene
+    from ..scene import load_scene
+
+    scene = load_scene(args.scene)
+    frames = None
+    if args.frames:
+        first, last = args.frames
+        frames = range(first, last + 1)
+    bar, progress = progress_bar("render", "frame", args.quiet)
+    fmt = args.format or scene.output.format
+    try:
+        written = render_scene(scene, args.out, frames=frames, fmt=fmt, device=args.device,
+                               resume=args.resume, batch=args.batch, progress=progress, quality=args.quality,
+                               background=args.background)
+    except KeyboardInterrupt:
+        bar.close()
+        if fmt in MOVIE_FORMATS:
+            out.write("interrupted; no movie was written (a movie render restarts from its first frame)\n")
+        else:
+            out.write("interrupted; finished frames are kept: rerun with --resume\n")
+        return 130
+    bar.close()
+    if fmt in MOVIE_FORMATS:
+        out.write(f"wrote {written[0]}\n" if written else "stopped; no movie was written\n")
+    else:
+        out.write(f"wrote {len(written)} frames to {args.out or scene.output_dir}\n")
+    return 0
+
+
+def colour_arg(text: str) -> tuple[int, int, int]:
+    """#RRGGBB or R,G,B (0–255)."""
+    t = text.strip().lstrip("#")
+    try:
+        rgb = tuple(int(t[i:i + 2], 16) for i in (0, 2, 4)) if len(t) == 6 and "," not in t else \
+            tuple(int(v) for v in t.split(","))
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a colour #RRGGBB or R,G,B, got {text!r}") from None
+    return rgb
+
+
+def quality_arg(text: str):
+    """A number (CRF, colours) or a word (a ProRes profile)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
+def cmd_pose(args, out) -> int:
+    from ..box import Box
+    from ..imageio import read_image, write_image
+    from ..io import atomic_write_bytes
+    from ..models import get_model
+    from ..pipeline import FrameJob
+
+    schema = get_model(args.model).schema
+    values = schema.defaults[None].copy()  # the rest pose, then the --set values
+    for name, value in args.set or []:
+        values[0, schema.index(name)] = value
+    values = schema.validate(values).astype(np.float32)
+    source = read_image(args.image)
+    job = FrameJob.prepare(source, args.model, Box.parse(args.box) if args.box else None, args.device, args.mode)
+    if args.raw:
+        if not job.runtime.has_raw:
+            raise KeyfaceError(f"model {args.model} has no raw output (--raw is for generators with their own "
+                               "convention, e.g. THA)")
+        buf = io.BytesIO()
+        np.save(buf, job.runtime.raw(job.lifter.low_input()[None], values)[0])
+        atomic_write_bytes(args.raw, buf.getvalue())
+    write_image(args.out, job.frames(values)[0])
+    b, w = job.face_box, job.box
+    out.write(f"wrote {args.out} ({source.shape[1]}×{source.shape[0]}, face box {b.x},{b.y},{b.w},{b.h}; the "
+              f"generator's region {w.x},{w.y},{w.w},{w.h})\n")
+    return 0
+
+
+def cmd_sheet(args, out) -> int:
+    from ..imageio import write_image
+    from ..models import available_models
+    from ..sheet import INTENTS, comparison_sheet
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else \
+        [m.id for m in available_models()]
+    intents = [i.strip() for i in args.intents.split(",")] if args.intents else list(INTENTS)
+    bar, progress = progress_bar("sheet", "run", args.quiet)
+    sheet = comparison_sheet(args.folder, models, intents, size=args.size, device=args.device, progress=progress)
+    bar.close()
+    write_image(args.out, sheet)
+    out.write(f"wrote {args.out}: columns = the painting, then {', '.join(models)} × {', '.join(intents)}\n")
+    return 0
+
+
+def cmd_edit(args, out) -> int:
+    try:
+        from keyface.ui.app import main as editor
+    except ImportError as exc:
+        raise KeyfaceError(f"the editor needs PyQt5: {exc}") from None
+    return editor(args.path, device=args.device)
+
+
+def add(cmds) -> None:
+    sub = cmds.top
+    m = sub.add_parser("models", help="list the generators and the parameter schemas that drive them")
+    m.add_argument("--schema", metavar="NAME", help="list one schema's channels and what its converter drops")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(run=cmd_models)
+
+    s = sub.add_parser("scene", help="work with scene files")
+    ssub = s.add_subparsers(dest="scene_command", required=True, metavar="ACTION")
+    c = ssub.add_parser("check", help="validate a scene and print its sampled channel values")
+    c.add_argument("file", metavar="FILE", help="scene JSON file")
+    c.add_argument("--frames", type=frames_arg, metavar="FIRST:LAST",
+                   help="frames to sample, inclusive (default: the scene's frame_range)")
+    c.add_argument("--step", type=positive, default=1.0, help="sampling step in frames (fractions allowed)")
+    c.add_argument("--channels", metavar="A,B,...", help="channels to print (default: those with keys)")
+    c.add_argument("--json", action="store_true", help="machine-readable output (frames, values, warnings)")
+    c.set_defaults(run=cmd_scene_check)
+
+    r = sub.add_parser("reswarp", help="lift a generator's low-res result to the source's full resolution")
+    r.add_argument("--source", required=True, help="full-resolution image (PNG/TIFF, RGB or RGBA, 8/16-bit)")
+    r.add_argument("--low", required=True, help="the generator's result for the box, at its grid size")
+    r.add_argument("--flow", required=True, metavar="FLOW.npy|estimate",
+                   help="backward flow, float32 (h, w, 2) in low-res pixels; 'estimate' computes it (DIS optical "
+                        "flow between the box at the grid size and LOW)")
+    r.add_argument("--box", metavar="x,y,w,h", help="region the generator saw (default: the whole image)")
+    r.add_argument("--mode", choices=("multiscale", "vanilla"), default="multiscale")
+    r.add_argument("--interp", choices=("cubic", "linear"), default="cubic", help="residual warp interpolation")
+    r.add_argument("--feather", type=int, help="compositing ramp in pixels (default: 1/16 of the box's smaller side)")
+    r.add_argument("--out", required=True, help="output image (.png or .tiff); written atomically")
+    r.set_defaults(run=cmd_reswarp)
+
+    rr = sub.add_parser("render", help="render a scene's frames at the source's full resolution")
+    rr.add_argument("scene", metavar="SCENE.json")
+    rr.add_argument("--out", help="output folder (default: the scene's output.directory); for a movie, the movie file "
+                                  "(default: that folder's name + the format's extension, e.g. frames.mp4)")
+    rr.add_argument("--frames", type=frames_arg, metavar="FIRST:LAST", help="inclusive (default: the scene's range)")
+    rr.add_argument("--format", choices=("png", "tiff", "exr", *MOVIE_FORMATS),
+                    help="default: the scene's output.format (EXR: linear, premultiplied, half float; mp4: H.264; "
+                         "mov: ProRes 4444 with alpha; webm: VP9 with alpha; gif)")
+    rr.add_argument("--quality", type=quality_arg, metavar="Q",
+                    help="movies: mp4 CRF 0–51 (default 18), webm CRF 0–63 (24), mov 4444 or 4444xq, gif colours "
+                         "2–256")
+    rr.add_argument("--background", type=colour_arg, metavar="#RRGGBB",
+                    help="mp4 and gif: the colour under transparent areas (default: the scene's, white)")
+    rr.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    rr.add_argument("--resume", action="store_true", help="keep frames already written, render the rest")
+    rr.add_argument("--batch", type=positive_int, help="frames per generator batch (default: the model's own)")
+    rr.add_argument("--quiet", action="store_true", help="no progress bar")
+    rr.set_defaults(run=cmd_render)
+
+    po = sub.add_parser("pose", help="one full-resolution frame of an image with set expression values")
+    po.add_argument("image", metavar="IMAGE")
+    po.add_argument("--model", required=True, help="generator (keyface models), or tha4-student:FOLDER")
+    po.add_argument("--set", type=set_arg, action="append", metavar="CHANNEL=VALUE",
+                    help="a channel of the model's schema, e.g. AU12=3 (repeatable; others stay at rest)")
+    po.add_argument("--box", metavar="x,y,w,h",
+                    help="face box (THA's head box; default: detected; a square image with a THA model: its frame)")
+    po.add_argument("--raw", metavar="OUT.npy", help="also save the generator's own output (float32, its native "
+                                                     "convention; THA4: linear premultiplied [-1, 1], 4×512×512)")
+    po.add_argument("--mode", choices=("multiscale", "vanilla"), default="multiscale", help="ResWarp mode")
+    po.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    po.add_argument("--out", required=True, help="output image (.png or .tiff), written atomically")
+    po.set_defaults(run=cmd_pose)
+
+    sh = sub.add_parser("sheet", help="pose every painting in a folder with each model, side by side, with the same "
+                                      "intents (blink, open mouth, smile, head turn)")
+    sh.add_argument("folder", metavar="DIR", help="folder of images (PNG/TIFF/JPEG/EXR)")
+    sh.add_argument("--models", metavar="A,B", help="models to compare (default: every installed one)")
+    sh.add_argument("--intents", metavar="A,B", help="from: blink, open mouth, smile, head turn (default: all)")
+    sh.add_argument("--size", type=positive_int, default=192, help="tile side in pixels (default 192)")
+    sh.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    sh.add_argument("--quiet", action="store_true", help="no progress bar")
+    sh.add_argument("--out", required=True, help="the sheet (.png), written atomically")
+    sh.set_defaults(run=cmd_sheet)
+
+    ed = sub.add_parser("edit", help="the desktop editor (canvas, parameters, keyframe timeline, preview, render)")
+    ed.add_argument("path", nargs="?", metavar="IMAGE|SCENE", help="an image or a scene to open")
+    ed.add_argument("--device", default="cpu", help="cpu, cuda or auto (previews and renders)")
+    ed.set_defaults(run=cmd_edit)

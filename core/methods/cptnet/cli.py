@@ -1,0 +1,78 @@
+"""CPTNet's command-line jobs: ``keyface train cptnet`` and ``keyface eval cptnet`` (the ablation table)."""
+
+from __future__ import annotations
+
+from ...cli.common import positive_int, run_args, run_training, write_json
+
+PROGRESS_KEYS = ("total", "pair", "perc", "changed", "cancelled", "d_adv")
+
+
+def cmd_train_cptnet(args, out) -> int:
+    from tqdm import tqdm
+
+    from .losses import LossWeights
+    from .networks import CPTNetConfig
+    from .trainer import TrainConfig, Trainer
+
+    decay = args.steps // 6 if args.decay_steps is None else args.decay_steps
+    cfg = TrainConfig(data=args.data, steps=args.steps, batch=args.batch, mode=args.mode, seed=args.seed, lr=args.lr,
+                      lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
+                      eval_characters=args.eval_characters, features=args.features or "",
+                      weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight,
+                                          cancelled_everywhere=args.cancelled_everywhere),
+                      init=args.init or "",
+                      expression_share=args.expression_share, wink_share=args.wink_share, flip=args.flip,
+                      model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
+                                         coords=args.coords))
+    trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
+                      log=lambda msg: tqdm.write(msg, file=out))
+    return run_training(trainer, args, out, PROGRESS_KEYS)
+
+
+def cmd_eval_cptnet(args, out) -> int:
+    from .trainer import ablation
+
+    rows = ablation(args.weights, args.data, args.device, out=out)
+    if args.json:
+        write_json(args.json, rows)
+    return 0
+
+
+def commands(cmds) -> None:
+    tc = cmds.train.add_parser("cptnet", help="CPTNet (seed 000) on a synthetic dataset (keyface synth --framing head "
+                                        "--project pose5)")
+    run_args(tc, 8, "Adam learning rate (the paper: 1e-4, batch 8)", cmd_train_cptnet)
+    tc.add_argument("--mode", choices=("both", "supervised"), default="both",
+                    help="both: the paper's adversarial + L1 + perceptual loss; supervised: L1 + perceptual")
+    tc.add_argument("--variant", choices=("mask", "grid", "mask+grid", "mask+grid+ms"), default="mask+grid+ms",
+                    help="head stage of the ablation (Table 1); default the full model")
+    tc.add_argument("--k", type=positive_int, default=4, help="cascade steps of the mask branch (default 4)")
+    tc.add_argument("--base", type=positive_int, default=16, help="channel width of the first layer (StarGAN: 64)")
+    tc.add_argument("--blocks", type=positive_int, default=6, help="residual blocks (default 6)")
+    tc.add_argument("--decay-steps", type=int, default=None,
+                    help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
+    tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
+    tc.add_argument("--changed-weight", type=float, default=0.0, metavar="W",
+                    help="weight of the L1 over the pixels the pose changes (our addition; 0 = the paper's loss; "
+                         "the shipped model: 1000)")
+    tc.add_argument("--cancelled-weight", type=float, default=0.0, metavar="W",
+                    help="weight of the changed-pixel L1 of the bias-cancelled output, G(I, pose) − G(I, rest), as "
+                         "the render path applies it (our addition; 0 = off)")
+    tc.add_argument("--cancelled-everywhere", action="store_true",
+                    help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
+                         "ask for cost as much as missed ones (our addition)")
+    for flag, pairs in (("--expression-share", "pairs that move the eyes or the mouth"),
+                        ("--wink-share", "pairs that close one eye more than the other")):
+        tc.add_argument(flag, type=float, default=0.0, metavar="F",
+                        help=f"fraction of each batch drawn from {pairs} (our addition; 0 = uniform, the paper)")
+    tc.add_argument("--coords", action="store_true",
+                    help="give the trunk the pixel coordinates (CoordConv; our addition; with --init, weights without "
+                         "them are upgraded: the new input weights start at zero)")
+    tc.add_argument("--flip", action="store_true",
+                    help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
+    ec = cmds.eval.add_parser("cptnet", help="the ablation table (seed 000 Table 1: L1, RMSE, SSIM) on the test split")
+    ec.add_argument("weights", nargs="+", help="one generator per variant (runs of equal budget)")
+    ec.add_argument("--data", required=True, help="dataset (its test split: held-out characters)")
+    ec.add_argument("--device", default="cpu")
+    ec.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ec.set_defaults(run=cmd_eval_cptnet)

@@ -273,3 +273,36 @@ def test_bench_remap_floor_warps_only_the_box():
     outside[box.slices] = False
     assert np.array_equal(turned[outside], source[outside])
     assert (turned[box.slices] != source[box.slices]).any(axis=2).mean() > 0.5
+
+
+@pytest.mark.parametrize("mode", rw.MODES)
+def test_feather_follows_a_motion_that_fades_toward_the_box_edge(mode):
+    # A generator's motion that fades out toward the box edge (the typical eye, mouth or head edit): the feather band
+    # blends toward the source warped by the same field, so the band matches the exact warp as well as the same lift
+    # without a feather does (blending toward the unwarped source drew double edges there).
+    H, W, box = 700, 900, rw.Box(200, 100, 512, 512)
+    x, y = an.pixel_grid(H, W)
+    inside = np.minimum.reduce([x - box.x, box.x + box.w - x, y - box.y, box.y + box.h - y]) + 0.5
+    fade = np.clip((inside - 8) / 88, 0, 1)  # 0 up to 8 px inside the edge, 1 from 96 px on
+    dx = 9.0 * fade ** 2 * (3 - 2 * fade)
+    source = an.texture_at(x, y, W)
+    target = an.texture_at(x + dx, y, W)
+    sx = box.w / 128
+    u, v = an.pixel_grid(128, 128)
+    gx, gy = box.x + (u + 0.5) * sx - 0.5, box.y + (v + 0.5) * sx - 0.5  # grid pixel centres
+    g_inside = np.minimum.reduce([gx - box.x, box.x + box.w - gx, gy - box.y, box.y + box.h - gy]) + 0.5
+    g_fade = np.clip((g_inside - 8) / 88, 0, 1)
+    flow = np.zeros((128, 128, 2), np.float32)
+    flow[..., 0] = 9.0 * g_fade ** 2 * (3 - 2 * g_fade) / sx
+    low = cpu.area_down(target[box.slices], (128, 128))  # the ideal generator's result
+    band = np.zeros((H, W), bool)
+    band[box.slices] = True
+    feather = 32
+    band[box.y + feather:box.y + box.h - feather, box.x + feather:box.x + box.w - feather] = False
+    scores = {}
+    for f in (feather, 0):
+        out = rw.Lifter(source, box, grid=(128, 128), mode=mode, feather=f).lift(low, flow)
+        scores[f] = psnr(out[band], target[band])
+    assert scores[feather] >= scores[0] - 0.5, scores
+    src_score = psnr(source[band], target[band])
+    assert scores[feather] > src_score + 3, (scores, src_score)  # it is the moved picture, not the source

@@ -31,7 +31,9 @@ the low-res alpha is the source's down-sampled alpha warped by the flow, lifted 
 alpha). uint8 and uint16 results keep their depth (rounded), floats stay float32.
 
 **In place with a box**: the lifted box is composited back with a feather ramp of ``feather`` pixels inside the box
-edges that lie inside the image; everything outside the box is bit-identical to the source. Within the box, pixels
+edges that lie inside the image, blending toward the source *warped by the same field* (so a motion that fades out
+toward the box edge draws no double edges; with zero flow it is the source itself); everything outside the box is
+bit-identical to the source. Within the box, pixels
 whose output cannot differ from the source (zero flow around them and an unchanged low-res result) are copied from the
 source, which makes a typical expression edit touch only the eye and mouth regions.
 """

@@ -293,7 +293,7 @@ class Lifter:
                 for strip in strips(rs.start, rs.stop, cs.stop - cs.start):
                     region = self._level_region(k, result, origin, flow, strip, cs, weight)
                     rows = slice(self.box.y + strip.start, self.box.y + strip.stop)
-                    out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self.composite(region, strip, cs)
+                    out[rows, self.box.x + cs.start:self.box.x + cs.stop] = self.composite(region, strip, cs, flow)
                 return
             region = self._level_region(k, result, origin, flow, rs, cs, weight)
             # keep the region with a 2-pixel margin of the unchanged level around it for the next level
@@ -316,8 +316,12 @@ class Lifter:
         region += res
         return region
 
-    def composite(self, region: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
-        """Working-form region of the box → source format, feather-blended with the source."""
+    def composite(self, region: np.ndarray, rs: slice, cs: slice, flow) -> np.ndarray:
+        """Working-form region of the box → source format, feather-blended toward the source **warped by the same
+        field** (``flow``: the grid's backward flow, or its two channels). Blending toward the unwarped source drew
+        double edges where the motion fades out toward the box edge (measured: the 64-px band of a 4K case scored
+        21.9 dB against the exact warp instead of 29.5 dB without a feather); with zero flow the warped source is the
+        source itself, so a generator's colour step still fades out over the band."""
         src = self.source[self.box.slices][rs, cs]
         lifted = from_work(region, self.source.dtype, src)
         wy, wx = self.weights_y[rs], self.weights_x[cs]
@@ -328,11 +332,30 @@ class Lifter:
             bands += [(r, c) for r in runs(~partial_rows) for c in runs(partial_cols)]
         for r, c in bands:
             w = np.minimum(wy[r][:, None], wx[c][None, :])[..., None]
-            blended = lifted[r, c].astype(np.float32) * w + src[r, c].astype(np.float32) * (1 - w)
+            rows = slice(rs.start + r.start, rs.start + r.stop)
+            cols = slice(cs.start + c.start, cs.start + c.stop)
+            moved = self._warped_source(flow, rows, cols, src[r, c])
+            blended = lifted[r, c].astype(np.float32) * w + moved * (1 - w)
             if np.issubdtype(self.source.dtype, np.integer):
                 blended = np.rint(blended)
             lifted[r, c] = blended
         return lifted
+
+    def _warped_source(self, flow, rows: slice, cols: slice, fallback: np.ndarray) -> np.ndarray:
+        """The box's source at rows × cols (box pixels) read at the level-0 field's positions: float32 in the source's
+        scale, straight alpha (interpolated premultiplied). Reads only a window around the band; positions past the
+        box's edges read its edge pixels. Where the field is zero there, the source itself (exactly)."""
+        mx, my = warp_maps(flow, self.sizes[0], rows, cols)
+        if not ((mx != np.arange(cols.start, cols.stop, dtype=np.float32)[None, :]).any()
+                or (my != np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]).any()):
+            return fallback.astype(np.float32)
+        h, w = self.sizes[0]
+        y0, y1 = max(0, int(np.floor(my.min())) - 2), min(h, int(np.ceil(my.max())) + 3)
+        x0, x1 = max(0, int(np.floor(mx.min())) - 2), min(w, int(np.ceil(mx.max())) + 3)
+        window = to_work(self.source[self.box.y + y0:self.box.y + y1, self.box.x + x0:self.box.x + x1])
+        moved = sample(window, mx - x0, my - y0, self.interp)
+        return from_work(moved, np.float32, fallback.astype(np.float32) / scale_of(self.source.dtype)) * \
+            np.float32(scale_of(self.source.dtype))
 
     def lift_batch(self, lows, flows, weights=None, _prepared: bool = False) -> np.ndarray:
         """Lift a batch of frames with the torch backend (CPU or CUDA): lows (B, h, w, C), flows (B, h, w, 2),

@@ -75,5 +75,5 @@ class TorchLifter:
             region = self._level(0, result, flow, rows, weight).permute(0, 2, 3, 1).cpu().numpy()
             for i in range(batch):
                 out[i][lf.box.y + rows.start:lf.box.y + rows.stop, lf.box.x:lf.box.x + lf.box.w] = (
-                    lf.composite(region[i], rows, cols))
+                    lf.composite(region[i], rows, cols, flows[i]))
         return out

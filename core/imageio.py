@@ -15,12 +15,43 @@ from .errors import KeyfaceError
 from .io import atomic_output, atomic_write_bytes
 from .pixels import full_scale, srgb_to_linear
 
+MAX_PIXELS = 200_000_000  # 14,142² (an 8K frame is 33 M): larger images are refused before decoding (a file that
+#                           declares 30,000² decodes to 3.6 GB of RGBA, and a "decompression bomb" does so from 3.5 MB)
+
+
+def max_pixels() -> int:
+    """The pixel limit: :data:`MAX_PIXELS`, or ``$KEYFACE_MAX_PIXELS`` when set (for documents really that large)."""
+    import os
+
+    value = os.environ.get("KEYFACE_MAX_PIXELS")
+    try:
+        return int(value) if value else MAX_PIXELS
+    except ValueError:
+        raise KeyfaceError(f"KEYFACE_MAX_PIXELS must be a whole number of pixels, got {value!r}") from None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding its pixels (None when Pillow cannot tell)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # keyface applies its own limit (max_pixels), with its own message
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
 
 def read_image(path: str | Path) -> np.ndarray:
-    """H×W×3 (RGB) or H×W×4 (RGBA) array in the file's own depth (uint8, uint16 or float32)."""
+    """H×W×3 (RGB) or H×W×4 (RGBA) array in the file's own depth (uint8, uint16 or float32). Images above
+    :func:`max_pixels` are refused before their pixels are decoded."""
     path = Path(path)
     if not path.is_file():
         raise KeyfaceError(f"image not found: {path}")
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > max_pixels():
+        raise KeyfaceError(f"{path} is {size[0]}×{size[1]} pixels, above keyface's limit of {max_pixels():,} "
+                           "(set KEYFACE_MAX_PIXELS to allow larger images)")
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:

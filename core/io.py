@@ -13,9 +13,15 @@ from pathlib import Path
 
 
 def temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> str:
-    """A new, empty temporary file in ``path``'s folder (hidden, named after it), with the usual permissions."""
+    """A new, empty temporary file in ``path``'s folder (hidden, named after it), with the usual permissions; a folder
+    that is missing or cannot be written is a :class:`~keyface.core.errors.KeyfaceError`."""
+    from .errors import KeyfaceError
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise KeyfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file gets the usual permissions
     finally:
@@ -44,10 +50,15 @@ def discard(tmp: str | None) -> None:
 def atomic_output(path: str | os.PathLike, suffix: str = ".tmp"):
     """``with atomic_output(path) as tmp:`` write ``tmp``; it becomes ``path`` when the block ends normally and is
     removed when it raises (Ctrl-C included)."""
+    from .errors import KeyfaceError
+
     tmp = temporary_beside(path, suffix)
     try:
         yield tmp
         commit(tmp, path)
+    except OSError as exc:  # a full disk, a folder gone: nothing under the final name, and a clear message
+        discard(tmp)
+        raise KeyfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         discard(tmp)
         raise

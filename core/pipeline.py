@@ -166,6 +166,7 @@ def gated(low: np.ndarray, out: np.ndarray, rest_out: np.ndarray, flows: np.ndar
     return unpremultiply(np.stack(results), eps=CANCELLED_ALPHA_EPS), np.stack(weights)
 
 
+MAX_FRAMES = 1_000_000  # a longer frame range is a typo, not a render (it would only fill memory and disks)
 BIT_DEPTHS = {8: np.uint8, 16: np.uint16}  # integer output depths; others (EXR's 16/32-bit float) are written as float
 
 
@@ -206,7 +207,11 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
         raise KeyfaceError("a movie render restarts from its first frame (--resume keeps image frames only)")
     if source is None:
         check_source(scene)
-    frames = list(scene.frames if frames is None else frames)
+    frames = scene.frames if frames is None else frames
+    if hasattr(frames, "__len__") and len(frames) > MAX_FRAMES:
+        raise KeyfaceError(f"{len(frames):,} frames asked for (more than {MAX_FRAMES:,}, 11½ hours at 24 fps): check "
+                           "the frame range")
+    frames = list(frames)
     if movie:
         target = movie_path(scene, out_dir, fmt)
         if not target.parent.is_dir():
@@ -270,12 +275,13 @@ def _render_frames(scene, job: FrameJob, todo: list, batch: int | None, should_s
     import cv2
 
     batch = batch or job.runtime.batch_size
-    values = convert(scene.sample(todo), scene.schema, job.schema)
     done = 0
     for i in range(0, len(todo), batch):
         if should_stop():
             break
-        for f, img in zip(todo[i:i + batch], job.frames(values[i:i + batch]), strict=True):
+        chunk = todo[i:i + batch]  # sampled per batch: memory does not grow with the range
+        values = convert(scene.sample(chunk), scene.schema, job.schema)
+        for f, img in zip(chunk, job.frames(values), strict=True):
             if scene.output.size and tuple(scene.output.size) != (img.shape[1], img.shape[0]):
                 img = cv2.resize(img, tuple(scene.output.size), interpolation=cv2.INTER_AREA)
             write(f, img)

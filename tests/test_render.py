@@ -197,3 +197,23 @@ def test_just_off_rest_the_bias_cancellation_reproduces_the_input(random_model, 
     outside[y:y + h, x:x + w] = False
     assert np.array_equal(frame[outside], img[outside])
     assert np.abs(frame.astype(int) - img.astype(int)).max() <= 2
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(random_model, character, tmp_path, monkeypatch, capsys):
+    # An absurd frame range (a typo) is refused at once instead of filling memory; an image above the pixel limit is
+    # refused before its pixels are decoded; a folder that cannot be written is a message, not a traceback.
+    from keyface.core.io import atomic_write_bytes
+
+    d, img, box = character
+    huge = _scene(d, random_model, box, {"AU12": {"keys": [{"frame": 0, "value": 1}]}}, frames=(0, 1_000_000_000))
+    for argv in (["render", str(huge), "--out", str(tmp_path / "o"), "--quiet"], ["scene", "check", str(huge)]):
+        assert main(argv) == 2 and "check the frame range" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    monkeypatch.setenv("KEYFACE_MAX_PIXELS", str(img.shape[0] * img.shape[1] - 1))
+    assert main(["pose", str(d / "character.png"), "--model", random_model, "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "above keyface's limit" in err and "KEYFACE_MAX_PIXELS" in err and not (tmp_path / "p.png").exists()
+    monkeypatch.delenv("KEYFACE_MAX_PIXELS")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(KeyfaceError, match="cannot write"):
+        atomic_write_bytes(tmp_path / "file" / "x.png", b"data")

@@ -62,7 +62,12 @@ def cmd_scene_check(args, out) -> int:
 
     scene = load_scene(args.file)
     width, height = check_source(scene)
+    from ..pipeline import MAX_FRAMES
+
     first, last = args.frames or scene.frame_range
+    if (last - first) / args.step + 1 > MAX_FRAMES:
+        raise KeyfaceError(f"{(last - first) / args.step + 1:,.0f} samples asked for (more than {MAX_FRAMES:,}): "
+                           "check the frame range or the step")
     frames = np.arange(first, last + args.step * 0.5, args.step)
     raw = scene.sample(frames, clip=False)
     values = np.clip(raw, scene.schema.mins, scene.schema.maxs)

@@ -185,3 +185,50 @@ def test_readme_example_scene_loads(tmp_path):
     scene = load_scene(path)
     assert scene.schema.name == "au17" and scene.frame_range == (0, 47)
     assert scene.timeline.sample_dict(6)["AU45"] == 5
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False)
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=JSON)
+def test_fuzz_random_json_is_a_scene_error_or_a_scene(doc, image_file):
+    from keyface.core.errors import KeyfaceError
+
+    try:
+        scene_from_json(doc, image_file.parent, "fuzz")
+    except KeyfaceError:
+        pass
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.lists(st.sampled_from(["output", "tracks", "AU12", "keys", 0, 1, "frame", "value", "handles",
+                                      "face_box", "frame_range", "fps", "schema", "model", "interpolation"]),
+                     min_size=1, max_size=4),
+       value=JSON)
+def test_fuzz_mutated_valid_scenes_are_a_scene_error_or_a_scene(scene_doc, image_file, path, value):
+    # Mutations of a valid scene at random places: loading gives a scene or a KeyfaceError, never another exception.
+    from keyface.core.errors import KeyfaceError
+
+    doc = copy.deepcopy(scene_doc)
+    node = doc
+    for key in path[:-1]:
+        try:
+            node = node[str(key) if isinstance(node, dict) else key]
+        except (KeyError, IndexError, TypeError):
+            break
+    key = path[-1]
+    if isinstance(node, dict):
+        node[str(key)] = value  # JSON object keys are strings
+    elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+        node[key] = value
+    else:
+        return
+    try:
+        scene = scene_from_json(doc, image_file.parent, "fuzz")
+    except KeyfaceError:
+        return
+    scene.sample([0, 1.5, 24])

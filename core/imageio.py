@@ -30,25 +30,41 @@ def max_pixels() -> int:
         raise KeyfaceError(f"KEYFACE_MAX_PIXELS must be a whole number of pixels, got {value!r}") from None
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header without decoding its pixels (None when Pillow cannot tell)."""
+def image_header(path: Path) -> tuple[tuple[int, int] | None, int]:
+    """((width, height), EXIF orientation 1–8) from the file's header without decoding its pixels (size None when
+    Pillow cannot tell, orientation 1 when there is none)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # keyface applies its own limit (max_pixels), with its own message
     try:
         with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "TIFF", "PNG", "WEBP") else 1
+            return im.size, orientation if orientation in range(1, 9) else 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None, 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels as the EXIF orientation tag says they are to be shown (2–8: mirrored and/or rotated)."""
+    if orientation in (5, 6, 7, 8):
+        img = np.rot90(img, -1 if orientation in (5, 6) else 1)  # 6: 90° clockwise, 8: 90° counter-clockwise
+    if orientation in (2, 5, 7):
+        img = img[:, ::-1]
+    elif orientation == 4:
+        img = img[::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    return np.ascontiguousarray(img)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """H×W×3 (RGB) or H×W×4 (RGBA) array in the file's own depth (uint8, uint16 or float32). Images above
-    :func:`max_pixels` are refused before their pixels are decoded."""
+    """H×W×3 (RGB) or H×W×4 (RGBA) array in the file's own depth (uint8, uint16 or float32), turned as its EXIF
+    orientation says (as viewers show it). Images above :func:`max_pixels` are refused before their pixels are
+    decoded."""
     path = Path(path)
     if not path.is_file():
         raise KeyfaceError(f"image not found: {path}")
-    size = image_size(path)
+    size, orientation = image_header(path)
     if size is not None and size[0] * size[1] > max_pixels():
         raise KeyfaceError(f"{path} is {size[0]}×{size[1]} pixels, above keyface's limit of {max_pixels():,} "
                            "(set KEYFACE_MAX_PIXELS to allow larger images)")
@@ -64,7 +80,7 @@ def read_image(path: str | Path) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     else:
         raise KeyfaceError(f"cannot read image {path}: {img.shape[2]} channels (expected 1, 3 or 4)")
-    return img
+    return img if orientation == 1 else apply_orientation(img, orientation)
 
 
 def write_exr(path: Path, img: np.ndarray, bits: int = 16) -> None:

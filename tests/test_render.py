@@ -217,3 +217,34 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(random_model, character, 
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(KeyfaceError, match="cannot write"):
         atomic_write_bytes(tmp_path / "file" / "x.png", b"data")
+
+
+def test_image_reader_on_malformed_and_unusual_files(tmp_path):
+    # Every kind of file a user may hand in reads as RGB(A) in its own depth, turned as viewers show it, or is a
+    # KeyfaceError: truncated, empty, not an image, 1 pixel, greyscale, palette, CMYK JPEG, EXIF orientations 1–8.
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[:len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    for bad in ("truncated.png", "empty.png", "text.png", "missing.png"):
+        with pytest.raises(KeyfaceError):
+            read_image(tmp_path / bad)
+    Image.fromarray(rgb[:1, :1]).save(tmp_path / "one.png")
+    assert read_image(tmp_path / "one.png").shape == (1, 1, 3)
+    for mode, name in (("L", "grey.png"), ("P", "palette.png"), ("CMYK", "cmyk.jpg")):
+        Image.fromarray(rgb).convert(mode).save(tmp_path / name)
+        img = read_image(tmp_path / name)
+        ref = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert img.shape == (30, 40, 3) and img.dtype == np.uint8 and np.abs(img.astype(int) - ref).max() <= 2, name
+    for o in range(1, 9):
+        im = Image.fromarray(rgb)
+        exif = im.getexif()
+        exif[0x0112] = o
+        im.save(tmp_path / f"exif{o}.png", exif=exif)
+        ref = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"exif{o}.png")).convert("RGB"))
+        assert np.array_equal(read_image(tmp_path / f"exif{o}.png"), ref), o

@@ -60,6 +60,8 @@ class FrameJob:
         """``model``: a registered model id, or an already loaded :class:`~keyface.core.generator.Generator`."""
         runtime = model if isinstance(model, Generator) else get_model(model).load(device)
         face = runtime.default_face_box(source) if face_box is None else Box.of(face_box)
+        if face.w < 1 or face.h < 1:
+            raise KeyfaceError(f"the face box {tuple(face)} has no area: give its width and height in pixels")
         box = runtime.working_box(face, source)
         h, w = source.shape[:2]
         if box.w < 1 or box.h < 1 or box.x >= w or box.y >= h or box.x + box.w <= 0 or box.y + box.h <= 0:

@@ -68,3 +68,5 @@ def test_a_region_outside_the_document_is_an_error():
 
     with pytest.raises(KeyfaceError, match="does not overlap"):
         FrameJob.prepare(np.zeros((100, 100, 4), np.uint8), Mover(), (500, 500, 40, 40))
+    with pytest.raises(KeyfaceError, match="has no area"):
+        FrameJob.prepare(np.zeros((100, 100, 4), np.uint8), Mover(), (10, 10, 0, 5))

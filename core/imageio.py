@@ -1,7 +1,10 @@
 """Reading and writing images: RGB(A), 8/16-bit PNG and TIFF, float TIFF, OpenEXR; writes are atomic.
 
 OpenEXR output follows the compositing convention: linear light (the sRGB transfer function is removed) and
-premultiplied alpha, half (16-bit) or full (32-bit) float, ZIP compression.
+premultiplied alpha, half (16-bit) or full (32-bit) float, ZIP compression. OpenEXR input is read the same way back:
+R, G, B (or a grey Y) and an optional A, linear and premultiplied, become straight sRGB float32 in [0, 1] — keyface
+works on display-referred pixels, so values above 1 (HDR highlights) and below 0 are clipped, and colour under zero
+alpha is 0. Float images (EXR or TIFF) holding NaN or infinity are refused.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 
 from .errors import KeyfaceError
 from .io import atomic_output, atomic_write_bytes
-from .pixels import full_scale, srgb_to_linear
+from .pixels import ALPHA_EPS, full_scale, linear_to_srgb, srgb_to_linear
 
 MAX_PIXELS = 200_000_000  # 14,142² (an 8K frame is 33 M): larger images are refused before decoding (a file that
 #                           declares 30,000² decodes to 3.6 GB of RGBA, and a "decompression bomb" does so from 3.5 MB)
@@ -68,6 +71,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if size is not None and size[0] * size[1] > max_pixels():
         raise KeyfaceError(f"{path} is {size[0]}×{size[1]} pixels, above keyface's limit of {max_pixels():,} "
                            "(set KEYFACE_MAX_PIXELS to allow larger images)")
+    if path.suffix.lower() == ".exr":
+        return _finite(read_exr(path), path)
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
@@ -80,7 +85,78 @@ def read_image(path: str | Path) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     else:
         raise KeyfaceError(f"cannot read image {path}: {img.shape[2]} channels (expected 1, 3 or 4)")
+    if img.shape[2] == 4 and path.suffix.lower() in (".tif", ".tiff"):
+        img = _tiff_straight(path, img)
+    if img.dtype.kind == "f":
+        img = np.clip(_finite(img.astype(np.float32, copy=False), path), 0, 1)
+    elif img.dtype not in (np.uint8, np.uint16):
+        raise KeyfaceError(f"cannot read image {path}: {img.dtype} samples (keyface reads 8- and 16-bit integer and "
+                           "float images)")
     return img if orientation == 1 else apply_orientation(img, orientation)
+
+
+def _tiff_straight(path: Path, img: np.ndarray) -> np.ndarray:
+    """A 4-channel TIFF as straight RGBA: OpenCV premultiplies 8-bit files with unassociated alpha (decode those with
+    Pillow instead) and passes associated (premultiplied) alpha through (divide it out)."""
+    from .tiff import alpha_kind
+
+    kind = alpha_kind(path)
+    if kind == 2 and img.dtype == np.uint8:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGBA"))
+    if kind == 1:
+        scale = full_scale(img.dtype)
+        x = img.astype(np.float64) / scale
+        a = x[..., 3:]
+        rgb = np.where(a > ALPHA_EPS, x[..., :3] / np.maximum(a, ALPHA_EPS), 0).clip(0, 1)
+        out = np.concatenate([rgb, a], axis=2)
+        return out.astype(np.float32) if img.dtype.kind == "f" else np.rint(out * scale).astype(img.dtype)
+    return img
+
+
+def _finite(img: np.ndarray, path: Path) -> np.ndarray:
+    if not np.isfinite(img).all():
+        raise KeyfaceError(f"{path} holds NaN or infinite values")
+    return img
+
+
+def read_exr(path: Path) -> np.ndarray:
+    """An OpenEXR file (module docstring: linear premultiplied in, straight sRGB float32 out); the pixel limit is
+    checked on the header before any pixels are read."""
+    import OpenEXR
+
+    def fail(why):
+        return KeyfaceError(f"cannot read image {path}: {why}")
+
+    try:
+        header = OpenEXR.File(str(path), header_only=True).header()
+        lo, hi = header["dataWindow"]
+    except Exception as exc:  # the binding raises plain exceptions for damaged files
+        raise fail(f"not a readable OpenEXR file ({exc})") from None
+    w, h = int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)
+    if w * h > max_pixels():
+        raise KeyfaceError(f"{path} is {w}×{h} pixels, above keyface's limit of {max_pixels():,} "
+                           "(set KEYFACE_MAX_PIXELS to allow larger images)")
+    try:
+        channels = {k: c.pixels for k, c in OpenEXR.File(str(path), separate_channels=True).channels().items()}
+    except Exception as exc:
+        raise fail(f"its pixels cannot be decoded ({exc})") from None
+    names = ("R", "G", "B") if {"R", "G", "B"} <= set(channels) else ("Y",) * 3 if "Y" in channels else None
+    if names is None:
+        raise fail(f"no R, G, B or Y channels (it has {', '.join(sorted(channels)) or 'none'}); keyface reads "
+                   "the main image's plain channels")
+    planes = [channels[n] for n in names] + ([channels["A"]] if "A" in channels else [])
+    if any(p.dtype.kind != "f" for p in planes):
+        raise fail("integer channels (keyface reads half and float EXR images)")
+    x = _finite(np.stack(planes, axis=-1).astype(np.float32), path)
+    rgb = x[..., :3]
+    if x.shape[2] == 4:
+        a = np.clip(x[..., 3:], 0, 1)
+        rgb = np.where(a > ALPHA_EPS, rgb / np.maximum(a, ALPHA_EPS), 0)
+        return np.concatenate([linear_to_srgb(np.clip(rgb, 0, 1)), a], axis=2).astype(np.float32)
+    return linear_to_srgb(np.clip(rgb, 0, 1)).astype(np.float32)
 
 
 def write_exr(path: Path, img: np.ndarray, bits: int = 16) -> None:
@@ -112,6 +188,15 @@ def write_image(path: str | Path, img: np.ndarray, exr_bits: int = 16) -> None:
         raise KeyfaceError(f"cannot write {path}: use .png, .tif, .tiff or .exr")
     if ext == ".png" and img.dtype not in (np.uint8, np.uint16):
         raise KeyfaceError("PNG holds 8- or 16-bit images; write float results as .tiff")
+    if ext in (".tif", ".tiff"):
+        from .tiff import write_tiff
+
+        if not path.parent.is_dir():
+            raise KeyfaceError(f"output folder does not exist: {path.parent}")
+        if img.dtype not in (np.uint8, np.uint16, np.float32) or img.ndim != 3 or img.shape[2] not in (3, 4):
+            raise KeyfaceError(f"cannot write {path}: TIFF takes RGB(A) 8/16-bit or float32 images")
+        write_tiff(path, img)
+        return
     code = cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR
     ok, buf = cv2.imencode(ext, cv2.cvtColor(img, code))
     if not ok:

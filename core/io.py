@@ -70,6 +70,57 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fh.write(data)
 
 
+LOCK_NAME = ".keyface.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "render"):
+    """``with folder_lock(out):`` — this process is the only keyface job writing into ``folder`` (an advisory lock on
+    ``folder/.keyface.lock``, released by the system when the process ends, even by kill -9). A second job asking for
+    the same folder gets a :class:`~keyface.core.errors.KeyfaceError` naming the process that holds it."""
+    from .errors import KeyfaceError
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise KeyfaceError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise KeyfaceError(f"another keyface {what} is writing into {folder} (process {holder}): wait for it to "
+                               "finish, or write into another folder")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Temporary files :func:`temporary_beside` made for ``folder/name`` that a killed process left behind (remove
+    them only while holding :func:`folder_lock`, when no other job can be writing them)."""
+    return sorted(Path(folder).glob(f".{name}.*"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

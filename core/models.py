@@ -47,6 +47,8 @@ class Method:
     * ``families``: model-id prefixes made on demand, ``prefix:argument`` (e.g. ``tha4-student:FOLDER``);
     * ``install``: model id → how to install it, for the models it knows but finds missing (named in the error);
     * ``schemas``: schemas of its own: name → (build() → Schema, converter() → rig.Converter);
+    * ``teachers``: distillation teachers it offers (``keyface distill --teacher NAME[:ARG]``): name →
+      factory(arg, device) → a teacher as :mod:`keyface.core.methods.tha4.distill` describes;
     * ``commands(cli)``: adds its sub-commands (train / eval / bench / its own jobs) to the parser groups
       (:class:`keyface.core.cli.common.Commands`), e.g. ``keyface train NAME`` whose progress bar shows the loss
       names its ``cli`` module lists (``PROGRESS_KEYS``).
@@ -59,6 +61,7 @@ class Method:
     families: Mapping[str, Callable[[str], ModelInfo]] = field(default_factory=dict)
     install: Mapping[str, str] = field(default_factory=dict)
     schemas: Mapping[str, tuple[Callable, Callable]] = field(default_factory=dict)
+    teachers: Mapping[str, Callable] = field(default_factory=dict)
     commands: Callable | None = None
 
 
@@ -111,6 +114,15 @@ def registered(*infos: ModelInfo):
     finally:
         for info in infos:
             unregister(info.id)
+
+
+def get_teacher(spec: str, device: str = "cpu"):
+    """A distillation teacher by name (``NAME`` or ``NAME:ARG``), from the method that offers it."""
+    name, _, arg = str(spec).partition(":")
+    offers = {k: f for m in methods() for k, f in m.teachers.items()}
+    if name not in offers:
+        raise KeyfaceError(f"unknown teacher {spec!r} (teachers: {', '.join(sorted(offers)) or 'none'})")
+    return offers[name](arg, device)
 
 
 def available_models() -> list[ModelInfo]:

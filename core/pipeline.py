@@ -22,6 +22,7 @@ from .box import Box
 from .errors import KeyfaceError
 from .generator import Generated, Generator
 from .imageio import read_image, write_image
+from .io import folder_lock, stale_temporaries
 from .models import get_model
 from .pixels import convert_depth, full_scale, premultiply, quantise, unpremultiply, with_alpha
 from .reswarp import Lifter
@@ -187,7 +188,7 @@ def movie_path(scene, out=None, fmt: str = "mp4") -> Path:
 def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, device: str = "cpu",
                  resume: bool = False, batch: int | None = None, progress: Callable | None = None,
                  should_stop: Callable = lambda: False, source: np.ndarray | None = None, quality=None,
-                 background=None) -> list[Path]:
+                 background=None, lock: bool = True) -> list[Path]:
     """Render a scene's frames (default: its frame range) into ``out_dir`` (default: the scene's output folder), or,
     for a movie format (mp4, mov, webm, gif: :mod:`keyface.core.video`), into one movie (:func:`movie_path`) that the
     frames stream into as they are rendered. With ``resume``, image frames already on disk are kept; without, an
@@ -195,7 +196,10 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
     renamed when complete: an interrupted movie render leaves nothing under the final name and restarts from its
     first frame (``resume`` does not apply). ``source``: the source pixels when they do not come from the scene's
     file (a host's layer). ``batch``: frames per generator call (default: the generator's own ``batch_size``).
-    ``quality`` / ``background``: a movie's settings (default: the scene's ``output``). Returns the written paths."""
+    ``quality`` / ``background``: a movie's settings (default: the scene's ``output``). Image frames are rendered
+    under :func:`keyface.core.io.folder_lock` (``lock``): a second render into the same folder is refused while the
+    first runs, and temporaries a killed render left behind are removed before frames are written again. A caller
+    that holds the lock itself (a distributed render's client) passes ``lock=False``. Returns the written paths."""
     from .scene import FORMATS, check_source
     from .video import MOVIE_FORMATS
 
@@ -221,7 +225,14 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
         todo = frames
     else:
         out = Path(out_dir) if out_dir is not None else scene.output_dir
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyfaceError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+        if lock:
+            with folder_lock(out):
+                return render_scene(scene, out, frames, fmt, device, resume, batch, progress, should_stop, source,
+                                    quality, background, lock=False)
         todo = []
         for f in frames:
             if (out / frame_name(f, fmt)).exists():
@@ -259,6 +270,8 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
 
     def write(f, img):
         path = out / frame_name(f, fmt)
+        for stale in stale_temporaries(out, path.name):  # a killed render's half-written file (we hold the lock)
+            stale.unlink(missing_ok=True)
         if fmt == "exr":  # linear half/float, premultiplied (bit_depth 16 or 32)
             write_image(path, img, exr_bits=scene.output.bit_depth if scene.output.bit_depth in (16, 32) else 16)
         else:
@@ -273,21 +286,41 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
 def _render_frames(scene, job: FrameJob, todo: list, batch: int | None, should_stop: Callable, write: Callable,
                    progress: Callable | None) -> int:
     """Render ``todo`` in batches, in order, handing each frame (at the output size) to ``write(frame, image)``;
-    returns how many were written (fewer when ``should_stop`` said so)."""
+    returns how many were written (fewer when ``should_stop`` said so).
+
+    The generator runs the next batch while one background thread lifts the previous batch to full resolution,
+    resizes and writes it (OpenCV, zlib and torch release the GIL): the lift and the encode overlap the generator
+    instead of following it. One batch is in flight at a time (memory stays one batch of full-resolution frames), the
+    frames are written in order, the values are the same as rendering one stage after the other, and an error in the
+    thread is raised here. On a stop or an exception the batch in flight is finished (its frames are complete) before
+    this returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import cv2
 
     batch = batch or job.runtime.batch_size
     done = 0
-    for i in range(0, len(todo), batch):
-        if should_stop():
-            break
-        chunk = todo[i:i + batch]  # sampled per batch: memory does not grow with the range
-        values = convert(scene.sample(chunk), scene.schema, job.schema)
-        for f, img in zip(chunk, job.frames(values), strict=True):
+
+    def finish(chunk, generated):
+        nonlocal done
+        for f, img in zip(chunk, job.lift(*generated), strict=True):
             if scene.output.size and tuple(scene.output.size) != (img.shape[1], img.shape[0]):
                 img = cv2.resize(img, tuple(scene.output.size), interpolation=cv2.INTER_AREA)
             write(f, img)
             done += 1
             if progress:
                 progress(done)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="keyface-lift") as pool:
+        pending = None
+        for i in range(0, len(todo), batch):
+            if should_stop():
+                break
+            chunk = todo[i:i + batch]  # sampled per batch: memory does not grow with the range
+            generated = job.generate(convert(scene.sample(chunk), scene.schema, job.schema))
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(finish, chunk, generated)
+        if pending is not None:
+            pending.result()
     return done

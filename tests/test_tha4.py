@@ -185,7 +185,7 @@ def test_distill_command_checks_its_inputs(tha4, tmp_path, capsys):
     assert "512×512 8-bit RGBA" in capsys.readouterr().err
     assert main(["distill", "--teacher", "atw-au17", "--image", str(folder / "character.png"),
                  "--out", str(tmp_path / "m")]) == 2
-    assert "a teacher is tha4-teacher" in capsys.readouterr().err
+    assert "unknown teacher 'atw-au17' (teachers: tha3, tha4-student, tha4-teacher)" in capsys.readouterr().err
 
 
 def test_teacher_networks_shapes_gradients_and_losses(tmp_path):

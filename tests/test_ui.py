@@ -298,3 +298,40 @@ def test_editor_previews_each_model_in_its_own_region(app, model_id, image):
     finally:
         w.doc.dirty = False
         w.close()
+
+
+def test_an_exception_in_a_worker_is_shown_and_the_editor_goes_on(app, window, tmp_path, monkeypatch):
+    # A bug in the generator (any exception, not only KeyfaceError) during a preview and during a render: the editor
+    # shows it, stays usable, and works again once the fault is gone.
+    from keyface.core import pipeline
+    from keyface.ui.main_window import RenderDialog
+
+    real_prepare = pipeline.FrameJob.prepare.__func__
+    shown = []
+    window.preview.ready.connect(lambda *a: shown.append(a))
+    window.request_preview()
+    assert _wait(app, lambda: bool(shown))  # the worker is idle
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(pipeline.FrameJob, "prepare", classmethod(broken))
+    window.last_error = None
+    d = window.doc  # a face box not previewed yet: the engine prepares a new job
+    window.preview.request(d.image, d.model_id, (1000, 300, 500, 500), d.frame, d.values_at())
+    assert _wait(app, lambda: window.last_error is not None)
+    assert "preview failed: injected fault" in window.last_error
+
+    monkeypatch.setattr(pipeline, "render_scene", broken)
+    dialog = RenderDialog(window.doc, parent=window)
+    dialog.folder.setText(str(tmp_path / "frames"))
+    dialog.start()
+    assert _wait(app, lambda: dialog.worker is None)
+    assert "render failed: injected fault" in dialog.status.text() and dialog.start_button.isEnabled()
+
+    monkeypatch.setattr(pipeline.FrameJob, "prepare", classmethod(real_prepare))
+    window.last_error = None
+    shown.clear()
+    window.request_preview()
+    assert _wait(app, lambda: bool(shown)) and window.last_error is None
+    dialog.close()

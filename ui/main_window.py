@@ -44,6 +44,13 @@ IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff)"
 SCENE_FILTER = "keyface scenes (*.json)"
 
 
+def _settings():
+    """The editor's own settings (the render dialog's cluster address), kept between sessions."""
+    from PyQt5.QtCore import QSettings
+
+    return QSettings("keyface", "editor")
+
+
 class RenderDialog(QDialog):
     """Folder, format, range; progress bar and cancel; renders through :func:`keyface.core.pipeline.render_scene`."""
 
@@ -75,6 +82,11 @@ class RenderDialog(QDialog):
         rr.addWidget(QLabel("to"))
         rr.addWidget(self.last)
         form.addRow("Frames", rr)
+        self.scheduler = QLineEdit(_settings().value("render/scheduler", "", str))
+        self.scheduler.setPlaceholderText("off: render on this machine")
+        self.scheduler.setToolTip("a Dask scheduler's address (tcp://HOST:8786): image frames render on that cluster "
+                                  "and come back here (needs keyface[cluster]); movies always render here")
+        form.addRow("Cluster", self.scheduler)
         self.bar = QProgressBar()
         form.addRow(self.bar)
         self.status = QLabel("")
@@ -104,7 +116,10 @@ class RenderDialog(QDialog):
             self.status.setText("the last frame is before the first")
             return
         frames = range(self.first.value(), self.last.value() + 1)
-        self.worker = RenderWorker(scene, out, frames, self.format.currentText(), self.device, self)
+        scheduler = self.scheduler.text().strip()
+        _settings().setValue("render/scheduler", scheduler)
+        self.worker = RenderWorker(scene, out, frames, self.format.currentText(), self.device, self,
+                                   scheduler=scheduler or None)
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)

@@ -86,9 +86,10 @@ class RenderWorker(QObject):
     finished = pyqtSignal(int)     # frames written
     failed = pyqtSignal(str)
 
-    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None, source=None):
+    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None, source=None, scheduler=None):
         super().__init__(parent)
         self.args = (scene, out_dir, frames, fmt, device, source)
+        self.scheduler = scheduler or None  # a Dask scheduler's address: image frames render on that cluster
         self._cancel = threading.Event()
         self._thread = None
 
@@ -112,6 +113,9 @@ class RenderWorker(QObject):
 
         scene, out_dir, frames, fmt, device, source = self.args
         try:
+            if self.scheduler and fmt not in MOVIE_FORMATS:  # movies are encoded here, in one process
+                self.finished.emit(self._run_on_cluster())
+                return
             written = render_scene(scene, out_dir, frames=frames, fmt=fmt, device=device,
                                    resume=fmt not in MOVIE_FORMATS,
                                    progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set,
@@ -123,3 +127,17 @@ class RenderWorker(QObject):
             self.failed.emit("out of memory: close other documents or render a smaller face box")
         except Exception as exc:
             self.failed.emit(f"render failed: {exc}")
+
+    def _run_on_cluster(self) -> int:
+        """The render on the Dask cluster at :attr:`scheduler`; frames come back here (the workers need not see this
+        machine's folders). Returns the frames written (cancel: those so far; rendering again resumes)."""
+        from keyface.core.distributed import plan_scene, render_distributed
+
+        scene, out_dir, frames, fmt, device, source = self.args
+        run = plan_scene(scene, "render", out_dir, frames, fmt, resume=True, source=source)
+        try:
+            render_distributed([run], scheduler=self.scheduler, device=device, gather=True,
+                               progress=lambda d, t: self.progress.emit(d, t), should_stop=self._cancel.is_set)
+        except KeyboardInterrupt:
+            pass
+        return run.written

@@ -42,6 +42,7 @@ class DockerSettings:
     range_from: str = "keys"  # "keys": first to last key; "document": the document's playback range
     device: str = "cpu"
     movie: str = ""          # also export the render as a movie: "mp4", "mov", "webm", "gif", or "" (none)
+    scheduler: str = ""      # a Dask scheduler's address (tcp://HOST:8786) to render on, or "" (this machine)
 
 
 # ------------------------------------------------------------------------------------------------------ pixels

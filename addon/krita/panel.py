@@ -20,6 +20,7 @@ from PyQt5.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -133,6 +134,12 @@ class KeyfacePanel(QWidget):
         form.addRow("Frames", self.range)
         form.addRow("Also export", self.movie)
         form.addRow("Device", self.devices)
+        self.scheduler = QLineEdit()
+        self.scheduler.setObjectName("scheduler")
+        self.scheduler.setPlaceholderText("off: render on this machine")
+        self.scheduler.setToolTip("a Dask scheduler's address (tcp://HOST:8786): the frames render on that cluster "
+                                  "and come back here (needs keyface[cluster] here and on the workers)")
+        form.addRow("Cluster", self.scheduler)
 
         self.params = ParameterPanel()
         self.dope = DopeSheet(self.editor)
@@ -180,6 +187,7 @@ class KeyfacePanel(QWidget):
         self.range.currentIndexChanged.connect(self._pick_range)
         self.devices.currentTextChanged.connect(self._pick_device)
         self.movie.currentIndexChanged.connect(self._pick_movie)
+        self.scheduler.editingFinished.connect(self._pick_scheduler)
         self.box_selection.clicked.connect(self.box_from_selection)
         self.box_auto.clicked.connect(self.box_automatic)
         self.render_button.clicked.connect(self.render)
@@ -262,6 +270,7 @@ class KeyfacePanel(QWidget):
             combo.blockSignals(True)
             combo.setCurrentIndex(max(combo.findData(value), 0))
             combo.blockSignals(False)
+        self.scheduler.setText(self.settings.scheduler)
         self._show_box()
 
     def _show_box(self) -> None:
@@ -321,6 +330,11 @@ class KeyfacePanel(QWidget):
         self._store()
 
     @guarded
+    def _pick_scheduler(self) -> None:
+        self.settings.scheduler = self.scheduler.text().strip()
+        self._store()
+
+    @guarded
     def _pick_movie(self, index: int) -> None:
         self.settings.movie = self.movie.itemData(index) or ""
         self._store()
@@ -364,7 +378,7 @@ class KeyfacePanel(QWidget):
         plan = adapter.plan_render(doc, self.source_node(doc), self.editor, self.settings)
         self.plan, self._plan_doc = plan, _doc_key(doc)
         self.worker = RenderWorker(plan.scene, plan.out_dir, plan.frames, "png", self.settings.device, self,
-                                   source=plan.source)
+                                   source=plan.source, scheduler=self.settings.scheduler or None)
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)

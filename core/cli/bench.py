@@ -28,6 +28,17 @@ def cmd_bench_reswarp(args, out) -> int:
 def cmd_bench_render(args, out) -> int:
     from ..bench import bench_render
 
+    if args.workers:  # frames/s on local Dask clusters of each size (keyface.core.distributed)
+        from ..distributed import bench_workers
+
+        try:
+            counts = [int(n) for n in args.workers.split(",")]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            raise KeyfaceError(f"--workers expects worker counts like 1,2, got {args.workers!r}")
+        bench_workers(args.scene, counts, frames=args.frames, batch=args.batch, device=args.device, out=out)
+        return 0
     bench_render(args.scene, frames=args.frames, batch=args.batch, device=args.device, out=out)
     return 0
 
@@ -54,6 +65,8 @@ def add(cmds) -> None:
     bn.add_argument("--frames", type=positive_int, default=12)
     bn.add_argument("--batch", type=positive_int, default=4)
     bn.add_argument("--device", default="cpu")
+    bn.add_argument("--workers", metavar="N,M", help="instead: frames/s on local Dask clusters of N, M … worker "
+                                                     "processes (same run, ratio to the first; keyface[cluster])")
     bn.set_defaults(run=cmd_bench_render)
     bs = cmds.bench.add_parser("synth", help="synthetic pairs per second, and one 4K pair")
     bs.add_argument("--sizes", default="128,256,512", help="comma-separated square sizes")

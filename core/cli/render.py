@@ -128,10 +128,27 @@ def cmd_reswarp(args, out) -> int:
 
 
 def cmd_render(args, out) -> int:
-    from ..pipeline import render_scene
     from ..scene import load_scene
 
-    scene = load_scene(args.scene)
+    if args.workers or args.scheduler:  # on a Dask cluster (keyface.core.distributed imports distributed)
+        from ..distributed import cli_render
+
+        return cli_render(args, out)
+    if args.gather:
+        raise KeyfaceError("--gather is for cluster renders (with --workers N or --scheduler ADDRESS)")
+    if len(args.scene) > 1 and args.out:
+        raise KeyfaceError("--out names one scene's output: give one scene, or let each scene use its own folder")
+    scenes = [load_scene(path) for path in args.scene]  # every scene checked before the first frame
+    for scene in scenes:
+        code = _render_one(scene, args, out)
+        if code:
+            return code
+    return 0
+
+
+def _render_one(scene, args, out) -> int:
+    from ..pipeline import render_scene
+
     frames = None
     if args.frames:
         first, last = args.frames
@@ -262,7 +279,7 @@ def add(cmds) -> None:
     r.set_defaults(run=cmd_reswarp)
 
     rr = sub.add_parser("render", help="render a scene's frames at the source's full resolution")
-    rr.add_argument("scene", metavar="SCENE.json")
+    rr.add_argument("scene", metavar="SCENE.json", nargs="+", help="one or more scenes (each into its own folder)")
     rr.add_argument("--out", help="output folder (default: the scene's output.directory); for a movie, the movie file "
                                   "(default: that folder's name + the format's extension, e.g. frames.mp4)")
     rr.add_argument("--frames", type=frames_arg, metavar="FIRST:LAST", help="inclusive (default: the scene's range)")
@@ -278,6 +295,17 @@ def add(cmds) -> None:
     rr.add_argument("--resume", action="store_true", help="keep frames already written, render the rest")
     rr.add_argument("--batch", type=positive_int, help="frames per generator batch (default: the model's own)")
     rr.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = rr.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, metavar="N",
+                       help="render on a local Dask cluster of N worker processes (needs keyface[cluster])")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="render on the running Dask cluster at ADDRESS (tcp://HOST:8786); the workers write into "
+                            "the output folder, which they must share with this machine, unless --gather")
+    rr.add_argument("--gather", action="store_true",
+                    help="cluster renders: send each frame back to this machine, which writes it")
+    rr.add_argument("--chunk", type=positive_int, metavar="N",
+                    help="cluster renders: frames per task, rounded to whole batches (default: about 4 tasks per "
+                         "worker)")
     rr.set_defaults(run=cmd_render)
 
     po = sub.add_parser("pose", help="one full-resolution frame of an image with set expression values")

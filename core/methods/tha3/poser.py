@@ -364,6 +364,7 @@ class THA3Poser:
       correction (official output index 4);
     * ``editor_alpha`` — the editor's per-channel (RGBA) blend weight of newly painted colour (index 1): output =
       alpha·colour + (1 − alpha)·(face-morphed image warped by ``editor_grid_change``);
+    * ``editor_color`` — that newly painted colour (index 2), (B, 4, 512, 512), THA3 convention;
     * ``face_morphed`` — that face-morphed 512² image (the source the final warp reads);
     * ``face_alpha`` — over the face crop (``FACE_BOX``, 192²): the fraction of each crop pixel the face morpher
       repainted, 1 − (1 − α_iris/mouth)(1 − α_eye) (its iris/mouth stage also warps: ``face_grid_change``);
@@ -455,14 +456,29 @@ class THA3Poser:
         outs = [self._pose_one(cache, i if n > 1 else 0, p) for i, p in enumerate(pose)]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
-    def _pose_one(self, cache: THA3Cache, i: int, p: torch.Tensor) -> dict:
-        image = cache.image[i]
+    @torch.inference_mode()
+    def morph_face(self, cache: THA3Cache, pose: torch.Tensor) -> torch.Tensor:
+        """Only the first two steps (eyebrows, face morpher) for poses (B, 45) of one prepared image: the morphed
+        face crop (B, 4, 192, 192) over ``FACE_BOX``, THA3 convention — what the full pose pastes back before the
+        rotator."""
+        pose = pose.to(self.device, torch.float32)
+        if not self.fast:
+            return self._pose_modules(cache, pose)["face_morphed"][:, :, FACE_BOX[0]:FACE_BOX[1],
+                                                                   FACE_BOX[2]:FACE_BOX[3]]
+        return torch.stack([self._morph_face(cache, 0, p)["image"] for p in pose])
+
+    def _morph_face(self, cache: THA3Cache, i: int, p: torch.Tensor) -> dict:
         eyebrow_image = self._eyebrows(cache, i, p[EYEBROW])
         fy0, fy1, fx0, fx1 = FACE_BOX
-        crop = image[:, fy0:fy1, fx0:fx1].clone()
+        crop = cache.image[i][:, fy0:fy1, fx0:fx1].clone()
         ey0, ey1, ex0, ex1 = EYEBROW_IN_FACE
         crop[:, ey0:ey1, ex0:ex1] = eyebrow_image
-        face = self._face(crop, p[FACE])
+        return self._face(crop, p[FACE])
+
+    def _pose_one(self, cache: THA3Cache, i: int, p: torch.Tensor) -> dict:
+        image = cache.image[i]
+        fy0, fy1, fx0, fx1 = FACE_BOX
+        face = self._morph_face(cache, i, p)
         full = image.clone()
         full[:, fy0:fy1, fx0:fx1] = face["image"]
         half = F.interpolate(full[None], size=(SIZE // 2, SIZE // 2), mode="bilinear", align_corners=False)
@@ -518,14 +534,15 @@ class THA3Poser:
         src = Act(_channels_last(full, warped, grid, p))
         x = self.editor.decode(self.editor.encode(src))
         out = {"image": torch.empty(4, SIZE, SIZE), "editor_alpha": torch.empty(4, SIZE, SIZE),
-               "editor_grid_change": torch.empty(2, SIZE, SIZE)}
+               "editor_color": torch.empty(4, SIZE, SIZE), "editor_grid_change": torch.empty(2, SIZE, SIZE)}
 
         def finish(r0, r1, dgrid, alpha, color):
             g = grid[None, :, r0:r1] + dgrid
             moved = sample(full[None], base_grid(SIZE, SIZE)[:, r0:r1] + g.permute(0, 2, 3, 1))
-            alpha = torch.sigmoid(alpha)
-            out["image"][:, r0:r1] = blend(alpha, torch.tanh(color), moved)[0]
+            alpha, color = torch.sigmoid(alpha), torch.tanh(color)
+            out["image"][:, r0:r1] = blend(alpha, color, moved)[0]
             out["editor_alpha"][:, r0:r1] = alpha[0]
+            out["editor_color"][:, r0:r1] = color[0]
             out["editor_grid_change"][:, r0:r1] = g[0]
 
         self.editor_heads(x, finish)
@@ -552,8 +569,8 @@ class THA3Poser:
         grid = F.interpolate(rot["grid_change"], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
         ed = self.nets["editor"](full, warped, grid, pose[:, ROTATION])
         return {"image": ed["image"], "grid_change": grid, "editor_grid_change": ed["grid_change"],
-                "editor_alpha": ed["alpha"], "face_morphed": full, "face_alpha": face["alpha"],
-                "face_grid_change": face["grid_change"]}
+                "editor_alpha": ed["alpha"], "editor_color": ed["color"], "face_morphed": full,
+                "face_alpha": face["alpha"], "face_grid_change": face["grid_change"]}
 
     @torch.inference_mode()
     def pose_reference(self, image, pose: torch.Tensor) -> dict:

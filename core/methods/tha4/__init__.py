@@ -53,5 +53,23 @@ def commands(cmds) -> None:
     add(cmds)
 
 
+def _teacher(arg: str, device: str = "cpu"):
+    """``tha4-teacher`` (keyface's shipped 256² teacher) or ``tha4-teacher:FOLDER``."""
+    from ...weights import pick_device
+    from .train_teacher import TeacherPipeline
+
+    return TeacherPipeline(arg or TEACHER, pick_device(device))
+
+
+def _student_teacher(arg: str, device: str = "cpu"):
+    """``tha4-student:FOLDER``: a character model as the teacher of another."""
+    from .runtime import THA4StudentRuntime
+
+    if not arg:
+        raise KeyfaceError("tha4-student as a teacher needs its folder: tha4-student:FOLDER")
+    return THA4StudentRuntime(arg, device).student
+
+
 METHOD = Method("tha4", "Talking Head(?) Anime 4 (seed 001): student character models, teacher, distillation",
-                models=models, families={PREFIX: family}, commands=commands)
+                models=models, families={PREFIX: family}, teachers={"tha4-teacher": _teacher,
+                                                                     PREFIX: _student_teacher}, commands=commands)

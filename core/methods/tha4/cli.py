@@ -38,15 +38,23 @@ def cmd_distill(args, out) -> int:
 
     from tqdm import tqdm
 
-    from .distill import DistillConfig, Distiller, distillation_inputs, load_teacher
+    from ...errors import KeyfaceError
+    from ...models import get_teacher
+    from .distill import DistillConfig, Distiller, distillation_inputs
 
-    teacher = load_teacher(args.teacher, args.device)
+    teacher = get_teacher(args.teacher, args.device)
+    if args.size:
+        if not getattr(teacher, "full_input", False):
+            raise KeyfaceError(f"--size: the teacher {args.teacher} works at its own size "
+                               f"({getattr(teacher, 'size', 512)}²)")
+        teacher.size = args.size
     size = getattr(teacher, "size", 512)  # a reduced teacher works at its own size (e.g. 256²)
     image, mask = distillation_inputs(args.image, args.face_mask, size)
+    full = distillation_inputs(args.image, None, 512)[0] if getattr(teacher, "full_input", False) else None
     cfg = DistillConfig(face_examples=args.face_examples, body_examples=args.body_examples, batch=args.batch,
                         size=size, seed=args.seed, eval_poses=args.eval_poses)
     d = Distiller(teacher, image, mask, args.out, cfg, device=str(teacher.device),
-                  log=lambda m: tqdm.write(m, file=out))
+                  log=lambda m: tqdm.write(m, file=out), teacher_image=full)
     shutil.copyfile(args.image, Path(args.out) / "character.png")
     bar, move = progress_bar("distill", "ex", args.quiet, cfg.face_examples + cfg.body_examples,
                              d.face_seen + d.body_seen)
@@ -108,17 +116,20 @@ def commands(cmds) -> None:
     th.add_argument("--base", type=positive_int, help="base channels (Table 8: rotator 64, editor 32; face 32)")
     th.add_argument("--mults", metavar="A,B,…", help="U-Net channel multipliers (Table 8 by default)")
     th.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
-    di = cmds.top.add_parser("distill", help="distill a THA4 teacher into a character model for one image (seed 001 "
+    di = cmds.top.add_parser("distill", help="distill a teacher into a THA4 character model for one image (seed 001 "
                                              "§5)")
-    di.add_argument("--teacher", required=True, help="tha4-teacher (keyface's shipped 256² teacher), "
-                                                     "tha4-teacher:FOLDER (another) or tha4-student:FOLDER (a THA4 "
-                                                     "character model)")
+    di.add_argument("--teacher", required=True, help="tha3 (the official THA3 poser), tha3:FOLDER, tha4-teacher "
+                                                     "(keyface's shipped 256² teacher), tha4-teacher:FOLDER (another) "
+                                                     "or tha4-student:FOLDER (a THA4 character model)")
     di.add_argument("--image", required=True, help="the character: 512×512 RGBA PNG in the THA framing")
     di.add_argument("--face-mask", help="512×512 mask of the movable facial parts (white), for the λ_fm = 20 term")
     di.add_argument("--out", required=True, help="character model folder (resumes when it holds a checkpoint)")
     di.add_argument("--face-examples", type=positive_int, default=1_000_000, help="the paper: 1,000,000")
     di.add_argument("--body-examples", type=positive_int, default=1_500_000, help="the paper: 1,500,000")
     di.add_argument("--batch", type=positive_int, default=8)
+    di.add_argument("--size", type=int, choices=(128, 256, 512), help="tha3 teacher: learn at this size (its outputs "
+                    "area-scaled from 512²; 256 costs a quarter of the body student's time); the character model "
+                    "still renders at 512²")
     di.add_argument("--eval-poses", type=positive_int, default=1000, help="poses for the final student-vs-teacher "
                                                                            "PSNR (the paper: 1,000)")
     di.add_argument("--seed", type=int, default=0)

@@ -25,6 +25,8 @@ A teacher is any callable ``teacher(image (1, 4, S, S) official convention, pose
 (B, 4, 128·S/512, ·) and ``grid_change``, ``alpha``, ``color_change``, ``warped_image``, ``image`` at S² and the
 ``face_image`` it warped — e.g. an official student (:class:`~keyface.core.methods.tha4.student.Student`) or a
 keyface teacher. A teacher with ``morph_face(image, pose) → face`` (keyface's) runs only that for the face student.
+A teacher with ``full_input = True`` (THA3's, :mod:`keyface.core.methods.tha3.teacher`) is given the 512² character
+whatever its ``size`` (it poses at 512² and scales its outputs down to ``size``), while the students learn at ``size``.
 """
 
 from __future__ import annotations
@@ -202,11 +204,12 @@ class Distiller:
     ``distill.json``)."""
 
     def __init__(self, teacher, image: torch.Tensor, face_mask: torch.Tensor | None, out, cfg: DistillConfig,
-                 device="cpu", log=print):
+                 device="cpu", log=print, teacher_image: torch.Tensor | None = None):
         self.teacher, self.cfg, self.log = teacher, cfg, log
         self.out = Path(out)
         self.device = torch.device(device)
-        self.image = image.to(self.device)
+        self.image = image.to(self.device)  # at the students' size
+        self.teacher_image = self.image if teacher_image is None else teacher_image.to(self.device)
         torch.manual_seed(cfg.seed)
         self.face = SirenFaceMorpher(cfg.size // 4).to(self.device)
         self.body = SirenBodyMorpher(cfg.size).to(self.device)
@@ -230,6 +233,11 @@ class Distiller:
 
     def _load(self) -> None:
         state = json.loads((self.out / "distill_state.json").read_text(encoding="utf-8"))
+        was = state.get("config", {})
+        if (was.get("size"), was.get("batch")) != (self.cfg.size, self.cfg.batch):
+            raise KeyfaceError(f"{self.out} holds a distillation at {was.get('size')}², batch {was.get('batch')}; "
+                               f"this one is at {self.cfg.size}², batch {self.cfg.batch}: use another --out or the "
+                               "same settings")
         ck = torch.load(self.out / "distill_ckpt.pt", map_location=self.device, weights_only=True)
         self.face.load_state_dict(ck["face"])
         self.body.load_state_dict(ck["body"])
@@ -250,7 +258,8 @@ class Distiller:
         pose = self._poses(2 * (self.face_seen // self.cfg.batch))
         with torch.no_grad():
             morph_face = getattr(self.teacher, "morph_face", None)  # the face stage alone, when the teacher has one
-            target = morph_face(self.image, pose) if morph_face else self.teacher(self.image, pose)["face"]
+            target = (morph_face(self.teacher_image, pose) if morph_face
+                      else self.teacher(self.teacher_image, pose)["face"])
         s = self.face(pose)
         diff = s - target
         loss = diff.abs().mean() + LAMBDA_FM * (self.mask * diff).abs().mean()
@@ -267,7 +276,7 @@ class Distiller:
         lam = _phase(t)
         pose = self._poses(2 * (self.body_seen // self.cfg.batch) + 1)
         with torch.no_grad():
-            tea = self.teacher(self.image, pose)
+            tea = self.teacher(self.teacher_image, pose)
         stu = body_formation(self.body(pose), tea["face_image"])
         terms = {"flow": (stu["grid_change"] - tea["grid_change"]).abs().mean(),
                  "warped": (stu["warped_image"] - tea["warped_image"]).abs().mean(),
@@ -315,7 +324,8 @@ class Distiller:
         for i in range(0, n, self.cfg.batch):
             p = poses[i:i + self.cfg.batch]
             stu = student_image(self.face, self.body, self.image, p)
-            values += [psnr_official(a, b) for a, b in zip(stu, self.teacher(self.image, p)["image"], strict=True)]
+            tea = self.teacher(self.teacher_image, p)["image"]
+            values += [psnr_official(a, b) for a, b in zip(stu, tea, strict=True)]
         return {"poses": n, "psnr_mean": float(np.mean(values)), "psnr_min": float(np.min(values))}
 
     def finish(self, seconds: float) -> dict:
@@ -334,25 +344,6 @@ class Distiller:
         atomic_write_text(self.out / "distill.json", json.dumps(record, indent=1))
         self.log(json.dumps(record["student_vs_teacher"]))
         return record
-
-
-def load_teacher(spec: str, device: str = "cpu"):
-    """A distillation teacher by name: ``tha4-teacher`` (keyface's shipped teacher), ``tha4-teacher:FOLDER`` (face,
-    rotator and editor .safetensors) or ``tha4-student:FOLDER`` (a THA4 character model)."""
-    from ...weights import pick_device
-
-    kind, _, folder = spec.partition(":")
-    if kind == "tha4-teacher":
-        from . import TEACHER
-        from .train_teacher import TeacherPipeline
-
-        return TeacherPipeline(folder or TEACHER, pick_device(device))
-    if kind == "tha4-student" and folder:
-        from .runtime import THA4StudentRuntime
-
-        return THA4StudentRuntime(folder, device).student
-    raise KeyfaceError(f"{spec}: a teacher is tha4-teacher (keyface's shipped teacher), tha4-teacher:FOLDER (face, "
-                       "rotator and editor .safetensors) or tha4-student:FOLDER (a THA4 character model)")
 
 
 def distillation_inputs(image_path, mask_path, size: int):

@@ -83,11 +83,42 @@ def paint():
         for frame, value in keys:
             panel.editor.set_value_at(channel, frame, value)
     panel.renderFinished.connect(rendered)
-    panel.renderFailed.connect(lambda msg: finish(ok=False, error="render failed: " + msg))
+    if CFG.get("inject_failure"):
+        inject_failure(panel)
+    else:
+        panel.renderFailed.connect(lambda msg: finish(ok=False, error="render failed: " + msg))
+    press_render(panel)
+
+
+def press_render(panel):
     panel.render()
     if not panel.rendering:
         finish(ok=False, error="render did not start: " + panel.last_message[0])
     STATE["events"].append("render started")
+
+
+def inject_failure(panel):
+    """The first render's worker raises (a bug in a generator, not a KeyfaceError): the docker must show it and stay
+    usable — the test then renders again through the same docker, with the fault gone."""
+    from keyface.core import pipeline
+
+    real = pipeline.render_scene
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    @guard
+    def failed_once(msg):
+        panel.renderFailed.disconnect(failed_once)
+        pipeline.render_scene = real
+        STATE["injected"] = {"message": msg, "shown": panel.last_message[0], "is_error": bool(panel.last_message[1]),
+                             "rendering_after": panel.rendering, "button_enabled": panel.render_button.isEnabled()}
+        STATE["events"].append("injected failure shown")
+        panel.renderFailed.connect(lambda m: finish(ok=False, error="render failed: " + m))
+        QTimer.singleShot(500, guard(lambda: press_render(panel)))
+
+    pipeline.render_scene = broken
+    panel.renderFailed.connect(failed_once)
 
 
 @guard

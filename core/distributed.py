@@ -410,7 +410,6 @@ def _sweep(out: Path, fmt: str, frames) -> int:
 def connect(workers: int | None = None, scheduler: str | None = None):
     """A Dask client: a local cluster of ``workers`` processes (one thread each), or the running cluster at
     ``scheduler`` (``tcp://HOST:8786``). Yields ``(client, local)``."""
-    import logging
 
     distributed = require()
     if scheduler:
@@ -424,8 +423,7 @@ def connect(workers: int | None = None, scheduler: str | None = None):
         finally:
             client.close()
         return
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = local_cluster(workers)
     client = distributed.Client(cluster)
     try:
         yield client, True
@@ -434,6 +432,26 @@ def connect(workers: int | None = None, scheduler: str | None = None):
             client.close()
         with contextlib.suppress(Exception):
             cluster.close()
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def local_cluster(workers: int, **kwargs):
+    """A LocalCluster of ``workers`` processes (1 Dask thread each). Dask's nannies, which live in this process for a
+    local cluster, write their ``distributed.nanny.pre-spawn-environ`` into *this* process's environment before each
+    spawn (``OMP_NUM_THREADS=1`` …); every program this process starts afterwards (Krita, a `keyface render`) would
+    then run torch on one thread, and a frame's last bit depends on torch's thread count. keyface sets each worker's
+    threads itself (:func:`_configure`), so those variables are left out."""
+    import logging
+
+    import dask
+
+    distributed = require()
+    unset = {f"distributed.nanny.pre-spawn-environ.{k}": None for k in THREAD_VARIABLES}
+    with dask.config.set(unset):  # read when the nannies are made; a nanny keeps it for its restarts
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.ERROR, **kwargs)
 
 
 def _threads_by_host(client) -> dict:

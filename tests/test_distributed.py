@@ -5,6 +5,7 @@ Bitwise needs the same torch thread count on both sides (CPU ConvTranspose2d's l
 renders with 1 thread and the workers are given 1 (``KEYFACE_TORCH_THREADS``)."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ kd = pytest.importorskip("keyface.core.distributed")
 FRAMES = 8
 BATCH = 3  # batches [0 1 2] [3 4 5] [6 7]: chunks of 3 must cut the same way for bitwise frames
 
+
+ORIGINAL_ENV = {k for k in kd.THREAD_VARIABLES if k in os.environ}  # before any cluster was made here
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
@@ -66,14 +69,12 @@ def reference(scenes, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     """A LocalCluster of 2 worker processes (1 thread each) whose workers can be told to die (the kill hook)."""
-    import logging
     import os
 
     hook = tmp_path_factory.mktemp("hook") / "kill"
     saved = {k: os.environ.get(k) for k in (kd.KILL_HOOK, kd.THREADS_ENV)}
     os.environ[kd.KILL_HOOK], os.environ[kd.THREADS_ENV] = str(hook), "1"  # inherited by the worker processes
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+    cluster = kd.local_cluster(2)
     c = distributed.Client(cluster)
     c.kill_hook = hook
     try:
@@ -226,3 +227,13 @@ def test_the_editors_and_dockers_render_worker_uses_a_scheduler_address(scenes, 
     finally:
         torch.set_num_threads(threads)
     assert _frames(tmp_path / "layer") == _frames(tmp_path / "here")
+
+
+def test_a_local_cluster_leaves_this_processs_environment_alone(client):
+    """Dask's nannies write their pre-spawn environment into the process that owns them; keyface's local clusters
+    leave the thread variables out, so programs started from here afterwards (Krita, `keyface render`) run torch on
+    their usual threads and render the same bits."""
+    import os
+
+    assert client.run(lambda: 1)  # the workers are up
+    assert not any(os.environ.get(k) == "1" and k not in ORIGINAL_ENV for k in kd.THREAD_VARIABLES)

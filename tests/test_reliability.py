@@ -19,9 +19,8 @@ from keyface.core.cli import main
 from keyface.core.errors import KeyfaceError
 from keyface.core.imageio import read_image, write_image
 from keyface.core.io import folder_lock
-from keyface.core.pipeline import frame_name, render_scene
+from keyface.core.pipeline import frame_name
 from keyface.core.pixels import quantise
-from keyface.core.scene import load_scene
 from keyface.core.synth.character import sample_character
 from keyface.core.synth.face import Pose
 from keyface.core.synth.render import REST
@@ -49,9 +48,11 @@ def small_scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(small_scene, tmp_path_factory):
-    """The uninterrupted render, one frame per batch (what the subprocess renders use too)."""
+    """The uninterrupted render by `keyface render` in its own process, one frame per batch, as the interrupted
+    renders run (a fresh process: torch's thread count, which moves a frame's last bit, is the same on both sides)."""
     out = tmp_path_factory.mktemp("reference")
-    render_scene(load_scene(small_scene), out, batch=1)
+    subprocess.run([*KEYFACE, "render", str(small_scene), "--out", str(out), "--quiet", "--batch", "1"], check=True,
+                   capture_output=True, timeout=300)
     return {p.name: read_image(p) for p in sorted(out.glob("frame_*.png"))}
 
 

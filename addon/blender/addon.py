@@ -68,8 +68,11 @@ def _model_set(self, index):
     self.model_id = ids[index] if 0 <= index < len(ids) else ""
 
 
+OWN_RIG = "MODEL"  # the rig item for the model's own schema (schema names are lower case)
+
+
 def _rig_items(self, context):
-    items = [("", "Model's own", "Key the model's own parameters")]
+    items = [(OWN_RIG, "Model's own", "Key the model's own parameters")]  # an empty identifier is a heading
     items += [(n, n, s.description or n) for n, s in sorted(_SCHEMAS.items())]
     _RIG_ITEMS[:] = items
     return _RIG_ITEMS
@@ -77,12 +80,13 @@ def _rig_items(self, context):
 
 def _rig_get(self):
     ids = [i[0] for i in _rig_items(self, None)]
-    return ids.index(self.rig_name) if self.rig_name in ids else 0
+    return ids.index(self.rig_name or OWN_RIG) if (self.rig_name or OWN_RIG) in ids else 0
 
 
 def _rig_set(self, index):
     ids = [i[0] for i in _rig_items(self, None)]
-    self.rig_name = ids[index] if 0 <= index < len(ids) else ""
+    chosen = ids[index] if 0 <= index < len(ids) else OWN_RIG
+    self.rig_name = "" if chosen == OWN_RIG else chosen
 
 
 class KEYFACE_PG_settings(bpy.types.PropertyGroup):
@@ -305,7 +309,7 @@ def load_frames(scene, task) -> None:
         channel = max(busy, default=0) + 1
     directory = bpy.path.relpath(str(task.folder)) if bpy.data.filepath else str(task.folder)
     strip = strips.new_image(name=name, filepath=str(Path(directory) / files[0].name), channel=channel,
-                             frame_start=first)
+                             frame_start=first, fit_method="FIT")  # a 4K frame on a smaller canvas shows whole
     for f in files[1:]:
         strip.elements.append(f.name)
     image = bpy.data.images.get(name)
@@ -737,15 +741,13 @@ class _Params:
             layout.label(text=str(e), icon="ERROR")
             return
         group = getattr(scene, bridge.group_attr(schema.name))
-        layout.label(text=f"{schema.name}: I over a field keys it")
-        current = None
-        col = None
+        layout.label(text=f"{schema.name}: hover a field and press I to key it")
+        boxes = {}  # one box per channel group, in the order groups first appear (au17's AU45 joins the eyes)
         for ch in schema.channels:
-            if ch.group != current:
-                current = ch.group
-                col = layout.box().column(align=True)
-                col.label(text=current.capitalize())
-            col.prop(group, ch.name)
+            if ch.group not in boxes:
+                boxes[ch.group] = layout.box().column(align=True)
+                boxes[ch.group].label(text=ch.group.capitalize())
+            boxes[ch.group].prop(group, ch.name)
 
 
 PANELS = []

@@ -19,22 +19,26 @@ def cmd_host(args, out) -> int:
     return 0
 
 
+HOSTS = {  # host → (its help, {action: help}, [(option, metavar, help)])
+    "krita": ("install or remove the Krita plugin (a keyface docker)",
+              {"install": "put the plugin in Krita's pykrita folder and enable it (run with Krita closed)",
+               "uninstall": "remove the plugin and its kritarc entry"},
+              [("--pykrita", "DIR", "Krita's pykrita folder (default: this platform's)"),
+               ("--kritarc", "FILE", "Krita's settings file (default: this platform's)")]),
+    "blender": ("install or remove the Blender add-on (a keyface sidebar tab)",
+                {"install": "put the add-on in Blender's scripts folder; it is enabled at Blender's next start",
+                 "uninstall": "remove the add-on and its enabler"},
+                [("--scripts", "DIR", "Blender's user scripts folder (default: this platform's, for Blender 4.5)")]),
+}
+
+
 def add(cmds) -> None:
-    k = cmds.top.add_parser("krita", help="install or remove the Krita plugin (a keyface docker)")
-    k.set_defaults(host="krita")
-    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, text in (("install", "put the plugin in Krita's pykrita folder and enable it (run with Krita closed)"),
-                       ("uninstall", "remove the plugin and its kritarc entry")):
-        kp = ksub.add_parser(name, help=text)
-        kp.add_argument("--pykrita", metavar="DIR", help="Krita's pykrita folder (default: this platform's)")
-        kp.add_argument("--kritarc", metavar="FILE", help="Krita's settings file (default: this platform's)")
-        kp.set_defaults(run=cmd_host)
-    b = cmds.top.add_parser("blender", help="install or remove the Blender add-on (a keyface sidebar tab)")
-    b.set_defaults(host="blender")
-    bsub = b.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for name, text in (("install", "put the add-on in Blender's scripts folder; it is enabled at Blender's next start"),
-                       ("uninstall", "remove the add-on and its enabler")):
-        bp = bsub.add_parser(name, help=text)
-        bp.add_argument("--scripts", metavar="DIR",
-                        help="Blender's user scripts folder (default: this platform's, for Blender 4.5)")
-        bp.set_defaults(run=cmd_host)
+    for host, (text, actions, options) in HOSTS.items():
+        hp = cmds.top.add_parser(host, help=text)
+        hp.set_defaults(host=host)
+        sub = hp.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for name, action_text in actions.items():
+            ap = sub.add_parser(name, help=action_text)
+            for option, metavar, option_text in options:
+                ap.add_argument(option, metavar=metavar, help=option_text)
+            ap.set_defaults(run=cmd_host)

@@ -435,20 +435,28 @@ def connect(workers: int | None = None, scheduler: str | None = None):
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+PRE_SPAWN_DROPPED = (*THREAD_VARIABLES, "MALLOC_TRIM_THRESHOLD_")
 
 
 def local_cluster(workers: int, **kwargs):
     """A LocalCluster of ``workers`` processes (1 Dask thread each). Dask's nannies, which live in this process for a
     local cluster, write their ``distributed.nanny.pre-spawn-environ`` into *this* process's environment before each
-    spawn (``OMP_NUM_THREADS=1`` …); every program this process starts afterwards (Krita, a `keyface render`) would
-    then run torch on one thread, and a frame's last bit depends on torch's thread count. keyface sets each worker's
-    threads itself (:func:`_configure`), so those variables are left out."""
+    spawn, and into their workers'. Two of its defaults hurt keyface, so they are left out:
+
+    * ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's): every program this process starts afterwards (Krita, a
+      `keyface render`) would run torch on one thread, and a frame's last bit depends on torch's thread count; keyface
+      sets each worker's threads itself (:func:`_configure`);
+    * ``MALLOC_TRIM_THRESHOLD_=65536``: setting it turns off glibc's adaptive mmap threshold, so every array above
+      128 KiB is mapped and unmapped again — a 4K frame's arrays page-faulted afresh each time. Measured on the 4K
+      example: generator 4.0 s and ResWarp 3.7 s per 2-frame batch in a worker with it, 2.0 s and 1.7 s without
+      (1.5 s and 1.6 s in the client process). For workers started with ``dask worker``, the README shows the Dask
+      setting that does the same."""
     import logging
 
     import dask
 
     distributed = require()
-    unset = {f"distributed.nanny.pre-spawn-environ.{k}": None for k in THREAD_VARIABLES}
+    unset = {f"distributed.nanny.pre-spawn-environ.{k}": None for k in PRE_SPAWN_DROPPED}
     with dask.config.set(unset):  # read when the nannies are made; a nanny keeps it for its restarts
         return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                         dashboard_address=None, silence_logs=logging.ERROR, **kwargs)

@@ -395,15 +395,10 @@ def chunk_plan(todo: list, batch: int, frames_per_chunk: int) -> list:
 
 def _sweep(out: Path, fmt: str, frames) -> int:
     """Remove the temporary files a killed writer left beside the frames' names (``.frame_00012.png.*.tmp``)."""
+    from .io import remove_stale_temporaries
     from .pipeline import frame_name
 
-    gone = 0
-    for f in frames:
-        for p in out.glob(f".{frame_name(f, fmt)}.*"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                gone += 1
-    return gone
+    return remove_stale_temporaries(out, [frame_name(f, fmt) for f in frames])
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import KeyfaceError
 from .io import atomic_output, atomic_write_bytes
-from .pixels import ALPHA_EPS, full_scale, linear_to_srgb, srgb_to_linear
+from .pixels import full_scale, linear_to_srgb, quantise, srgb_to_linear, unpremultiply
 
 MAX_PIXELS = 200_000_000  # 14,142² (an 8K frame is 33 M): larger images are refused before decoding (a file that
 #                           declares 30,000² decodes to 3.6 GB of RGBA, and a "decompression bomb" does so from 3.5 MB)
@@ -108,11 +108,8 @@ def _tiff_straight(path: Path, img: np.ndarray) -> np.ndarray:
             return np.asarray(im.convert("RGBA"))
     if kind == 1:
         scale = full_scale(img.dtype)
-        x = img.astype(np.float64) / scale
-        a = x[..., 3:]
-        rgb = np.where(a > ALPHA_EPS, x[..., :3] / np.maximum(a, ALPHA_EPS), 0).clip(0, 1)
-        out = np.concatenate([rgb, a], axis=2)
-        return out.astype(np.float32) if img.dtype.kind == "f" else np.rint(out * scale).astype(img.dtype)
+        out = unpremultiply(img.astype(np.float32) / np.float32(scale))
+        return out if img.dtype.kind == "f" else quantise(out, img.dtype)
     return img
 
 
@@ -151,12 +148,9 @@ def read_exr(path: Path) -> np.ndarray:
     if any(p.dtype.kind != "f" for p in planes):
         raise fail("integer channels (keyface reads half and float EXR images)")
     x = _finite(np.stack(planes, axis=-1).astype(np.float32), path)
-    rgb = x[..., :3]
     if x.shape[2] == 4:
-        a = np.clip(x[..., 3:], 0, 1)
-        rgb = np.where(a > ALPHA_EPS, rgb / np.maximum(a, ALPHA_EPS), 0)
-        return np.concatenate([linear_to_srgb(np.clip(rgb, 0, 1)), a], axis=2).astype(np.float32)
-    return linear_to_srgb(np.clip(rgb, 0, 1)).astype(np.float32)
+        x = unpremultiply(x)  # straight, clipped to [0, 1]
+    return np.concatenate([linear_to_srgb(x[..., :3]), x[..., 3:]], axis=2).astype(np.float32)
 
 
 def write_exr(path: Path, img: np.ndarray, bits: int = 16) -> None:

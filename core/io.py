@@ -115,10 +115,17 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
-    """Temporary files :func:`temporary_beside` made for ``folder/name`` that a killed process left behind (remove
-    them only while holding :func:`folder_lock`, when no other job can be writing them)."""
-    return sorted(Path(folder).glob(f".{name}.*"))
+def remove_stale_temporaries(folder: str | os.PathLike, names) -> int:
+    """Remove the temporary files :func:`temporary_beside` made for ``folder/NAME`` (each of ``names``) that a killed
+    process left behind — only while holding :func:`folder_lock`, when no other job can be writing them. One listing
+    of the folder; returns how many were removed."""
+    prefixes = tuple(f".{name}." for name in names)
+    removed = 0
+    for p in Path(folder).glob(".*"):
+        if p.name.startswith(prefixes) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from .box import Box
 from .errors import KeyfaceError
 from .generator import Generated, Generator
 from .imageio import read_image, write_image
-from .io import folder_lock, stale_temporaries
+from .io import folder_lock, remove_stale_temporaries
 from .models import get_model
 from .pixels import convert_depth, full_scale, premultiply, quantise, unpremultiply, with_alpha
 from .reswarp import Lifter
@@ -245,6 +245,8 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
         progress(len(frames) - len(todo), len(frames))
     if not todo:
         return []
+    if not movie:  # a killed render's half-written files of these frames (we hold the folder lock)
+        remove_stale_temporaries(out, [frame_name(f, fmt) for f in todo])
     if source is None:
         source = read_image(scene.source_path)
     job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp)
@@ -270,8 +272,6 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
 
     def write(f, img):
         path = out / frame_name(f, fmt)
-        for stale in stale_temporaries(out, path.name):  # a killed render's half-written file (we hold the lock)
-            stale.unlink(missing_ok=True)
         if fmt == "exr":  # linear half/float, premultiplied (bit_depth 16 or 32)
             write_image(path, img, exr_bits=scene.output.bit_depth if scene.output.bit_depth in (16, 32) else 16)
         else:

@@ -250,7 +250,7 @@ def bench_render(scene_path, frames: int = 12, batch: int = 4, device: str = "cp
     scene = load_scene(scene_path)
     source = read_image(scene.source_path)
     t0 = time.perf_counter()
-    job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp)
+    job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp, scene.source_fit)
     prep = time.perf_counter() - t0
     todo = list(scene.frames)[:frames]
     values = convert(scene.sample(todo), scene.schema, job.schema)

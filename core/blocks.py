@@ -122,6 +122,19 @@ def patch_trunk(cin: int, base: int, layers: int, max_width: int = 512) -> tuple
     return nn.Sequential(*mods), c
 
 
+class PatchCritic(nn.Module):
+    """An unconditional PatchGAN critic: :func:`patch_trunk` (``layers`` stride-2 convs) and a 3×3 conv to one score
+    per patch (F³A's D(Î_t), style mapping's LS-GAN critic)."""
+
+    def __init__(self, cin: int = 4, base: int = 16, layers: int = 3):
+        super().__init__()
+        self.trunk, c = patch_trunk(cin, base, layers)
+        self.out = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(self.trunk(x))
+
+
 def up_decoder(base: int, cout: int, norm: str = "instance", act: str = "relu") -> nn.Sequential:
     """Two transposed-conv up-samplings (4·base → 2·base → base) and a 3×3 conv to ``cout``."""
     return nn.Sequential(

@@ -153,7 +153,8 @@ def _job(source_key: str, source: np.ndarray, scene, device: str, digest: str):
         _JOBS.move_to_end(key)
     else:
         runtime = _runtime(scene.model, device, digest)
-        _JOBS[key] = FrameJob.prepare(source, runtime, scene.face_box, device, scene.output.reswarp)
+        _JOBS[key] = FrameJob.prepare(source, runtime, scene.face_box, device, scene.output.reswarp,
+                                       scene.source_fit)
         while len(_JOBS) > MAX_JOBS:
             _JOBS.popitem(last=False)
     return _JOBS[key]

@@ -19,6 +19,11 @@ probed with ``hasattr``/``getattr``.
   repaint what they change, such as THA3: :func:`keyface.core.pipeline.gated`).
 * :meth:`raw` (only where ``has_raw``): the network's own output in its native convention (e.g. THA's linear,
   [−1, 1] images), for checking against an upstream implementation.
+* ``has_fit``: the model fits a parametric face to the source (F³A's 3DMM) and its schema's values are offsets from
+  that fit. Such a runtime provides :meth:`fit` (the source's absolute parameters), :meth:`fit_landmarks` (the
+  fitted face's landmarks in grid pixels, drawn by the editor so an artist sees a bad fit), :meth:`use_fit` (take
+  given parameters instead: a scene's ``source_fit``) and :meth:`values_from_fit` (the values that give the source
+  another face's expression and pose: ``keyface pose --from-fit``). Fit files: :func:`read_fit`.
 
 Runtimes load weights through their method's ``networks`` module (never a trainer).
 """
@@ -59,6 +64,7 @@ class Generator(ABC):
     grid: tuple[int, int]
     batch_size: int = 4  # frames per call that suit it on a CPU (the render path's default batch)
     has_raw: bool = False
+    has_fit: bool = False
     residual: str = "additive"  # bias cancellation in the render path: "additive" or "gated" (keyface.core.pipeline)
 
     def default_face_box(self, source: np.ndarray) -> Box:
@@ -78,6 +84,22 @@ class Generator(ABC):
         raise KeyfaceError(f"{type(self).__name__} has no raw output (--raw is for generators with a native "
                            "convention of their own, e.g. THA)")
 
+    def fit(self, low: np.ndarray) -> np.ndarray:
+        """The source's absolute parameters in the schema, from its crop at the grid size (only where ``has_fit``)."""
+        raise KeyfaceError(f"{type(self).__name__} fits no face model (3DMM fits are for e.g. f3a-3dmm)")
+
+    def fit_landmarks(self, low: np.ndarray) -> np.ndarray:
+        """(N, 2) landmarks of the fitted face in grid pixels (only where ``has_fit``)."""
+        raise KeyfaceError(f"{type(self).__name__} fits no face model (3DMM fits are for e.g. f3a-3dmm)")
+
+    def use_fit(self, params, low: np.ndarray) -> None:
+        """Use these parameters as the fit of the source crop ``low`` (``None``: fit it again); only where
+        ``has_fit``."""
+        raise KeyfaceError(f"{type(self).__name__} fits no face model (3DMM fits are for e.g. f3a-3dmm)")
+
+    def values_from_fit(self, driver: np.ndarray, low: np.ndarray) -> np.ndarray:
+        """Values giving the source the expression and pose of another face's fit (only where ``has_fit``)."""
+        raise KeyfaceError(f"{type(self).__name__} fits no face model (3DMM fits are for e.g. f3a-3dmm)")
 
 
 def default_face_box(source: np.ndarray) -> Box:
@@ -88,3 +110,21 @@ def default_face_box(source: np.ndarray) -> Box:
     from .facebox import detect_face_box
 
     return detect_face_box(source)
+
+
+def read_fit(path, schema) -> np.ndarray:
+    """A fit file (``keyface fit3dmm --out``: ``{"schema": NAME, "params": {channel: value}}``) → (C,) parameters in
+    ``schema``'s order, checked: the schema must match and every value be finite."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc.get("schema") != schema.name:
+            raise ValueError(f"it is a fit in {doc.get('schema')!r}; the model needs {schema.name}")
+        vals = np.array([float(doc["params"][n]) for n in schema.names], np.float32)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise KeyfaceError(f"cannot read the fit {path}: {e}") from None
+    if not np.isfinite(vals).all():
+        raise KeyfaceError(f"the fit {path} has non-finite values")
+    return vals

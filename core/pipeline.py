@@ -57,9 +57,26 @@ class FrameJob:
     _rest: Generated | None = None
 
     @classmethod
-    def prepare(cls, source: np.ndarray, model, face_box=None, device: str = "cpu", mode: str = "multiscale"):
-        """``model``: a registered model id, or an already loaded :class:`~keyface.core.generator.Generator`."""
+    def prepare(cls, source: np.ndarray, model, face_box=None, device: str = "cpu", mode: str = "multiscale",
+                fit: dict | None = None):
+        """``model``: a registered model id, or an already loaded :class:`~keyface.core.generator.Generator`.
+        ``fit``: the source's face-model parameters by channel name (a scene's ``source_fit``), for models that fit
+        one (``has_fit``), used instead of their own fit."""
         runtime = model if isinstance(model, Generator) else get_model(model).load(device)
+        job = cls._prepare(source, runtime, face_box, mode)
+        if fit is not None:
+            if not runtime.has_fit:
+                raise KeyfaceError("the scene stores a source_fit, but its model fits no face model (source_fit is "
+                                   "for models such as f3a-3dmm)")
+            schema = get_schema(runtime.schema)
+            missing = [n for n in schema.names if n not in fit]
+            if missing:
+                raise KeyfaceError(f"source_fit lacks {', '.join(missing[:4])} (a fit in {schema.name} is needed)")
+            runtime.use_fit(np.array([fit[n] for n in schema.names], np.float32), with_alpha(job.lifter.low_input()))
+        return job
+
+    @classmethod
+    def _prepare(cls, source: np.ndarray, runtime: Generator, face_box, mode: str):
         face = runtime.default_face_box(source) if face_box is None else Box.of(face_box)
         if face.w < 1 or face.h < 1:
             raise KeyfaceError(f"the face box {tuple(face)} has no area: give its width and height in pixels")
@@ -82,6 +99,12 @@ class FrameJob:
     @property
     def schema(self):
         return get_schema(self.runtime.schema)
+
+    def grid_to_document(self, pts: np.ndarray) -> np.ndarray:
+        """(N, 2) points in the generator's grid pixels → document pixels (pixel centres at integers in both)."""
+        pts = np.asarray(pts, np.float64)
+        sx, sy = self.box.w / self.runtime.grid[1], self.box.h / self.runtime.grid[0]
+        return np.stack([self.box.x + (pts[:, 0] + 0.5) * sx - 0.5, self.box.y + (pts[:, 1] + 0.5) * sy - 0.5], 1)
 
     def low_results(self, values: np.ndarray):
         """values (B, C) in the model's schema → (low results (B, h, w, 4) in the source's integer depth or float,
@@ -249,7 +272,7 @@ def render_scene(scene, out_dir=None, frames=None, fmt: str | None = None, devic
         remove_stale_temporaries(out, [frame_name(f, fmt) for f in todo])
     if source is None:
         source = read_image(scene.source_path)
-    job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp)
+    job = FrameJob.prepare(source, scene.model, scene.face_box, device, scene.output.reswarp, scene.source_fit)
     if movie:
         from .video import MovieWriter
 

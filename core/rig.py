@@ -567,9 +567,13 @@ def get_converter(schema: str | Schema) -> Converter:
     s = schema if isinstance(schema, Schema) else get_schema(schema)
     if s.name == "character":
         return Converter(s, lambda c: {n: c[n] for n in s.names}, lambda c: {n: c[n] for n in s.names})
+    if s.name not in _CONVERTERS:
+        _methods_loaded()
+    if s.name in _CONVERTERS:  # a method's own converter (e.g. F³A's 3dmm:12x19 with the engine's basis) wins
+        return _CONVERTERS[s.name]()
     if s.name.startswith("3dmm"):
         return make_3dmm_converter(s)
-    return _CONVERTERS[s.name]()
+    raise RigError(f"schema {s.name} has no converter to the character rig")
 
 
 def convert(values, source: str | Schema, target: str | Schema) -> np.ndarray:

@@ -41,7 +41,8 @@ SCENE_VERSION = 1
 FORMATS = {"png": (8, 16), "tiff": (8, 16, 32), "exr": (16, 32),  # image sequences, then movies (keyface.core.video)
            "mp4": (8,), "mov": (8, 16), "webm": (8,), "gif": (8,)}
 RESWARP_MODES = ("multiscale", "vanilla")
-_TOP = ("keyface_scene", "source", "schema", "model", "face_box", "fps", "frame_range", "output", "tracks")
+_TOP = ("keyface_scene", "source", "schema", "model", "face_box", "source_fit", "fps", "frame_range", "output",
+        "tracks")
 _OUTPUT = ("directory", "size", "format", "bit_depth", "reswarp", "quality", "background")
 _KEY = ("frame", "value", "interpolation", "handles")
 
@@ -64,6 +65,7 @@ class Scene:
     timeline: Timeline
     model: str | None = None
     face_box: tuple[int, int, int, int] | None = None  # x, y, width, height in source pixels
+    source_fit: dict[str, float] | None = None  # the source's face-model fit (models that fit one, e.g. f3a-3dmm)
     fps: float = 24.0
     frame_range: tuple[int, int] = (0, 0)  # first and last frame, inclusive
     output: OutputSettings = field(default_factory=OutputSettings)
@@ -106,6 +108,7 @@ class Scene:
             "schema": self.schema.name,
             "model": self.model,
             "face_box": list(self.face_box) if self.face_box else None,
+            **({"source_fit": dict(self.source_fit)} if self.source_fit is not None else {}),
             "fps": self.fps,
             "frame_range": list(self.frame_range),
             "output": {"directory": o.directory, "size": list(o.size) if o.size else None, "format": o.format,
@@ -236,6 +239,22 @@ def scene_from_json(doc, base_dir: Path | str = ".", source_name: str | None = N
             c.err("face_box", f"width and height must be ≥ 1, got {list(face_box)}")
             face_box = None
 
+    source_fit = None
+    if doc.get("source_fit") is not None:
+        sf = doc["source_fit"]
+        if not isinstance(sf, dict) or not sf:
+            c.err("source_fit", f"must be an object of channel → number (keyface fit3dmm --out), got {_kind(sf)}")
+        else:
+            source_fit = {}
+            for name, value in sf.items():
+                v = c.number(value, _join("source_fit", name))
+                if v is not None:
+                    source_fit[str(name)] = v
+            if model is not None and not c.errors:  # (an unknown model is reported under "model")
+                fit_schema = get_model(model).schema
+                if set(source_fit) != set(fit_schema.names):
+                    c.err("source_fit", f"the channels must be those of {fit_schema.name}, the model's schema")
+
     fps = 24.0
     if "fps" in doc:
         value = c.number(doc["fps"], "fps")
@@ -306,7 +325,7 @@ def scene_from_json(doc, base_dir: Path | str = ".", source_name: str | None = N
     if c.errors:
         raise SceneError(c.errors, source_name)
     return Scene(source=source, schema=schema, timeline=Timeline(schema, tracks), model=model, face_box=face_box,
-                 fps=fps, frame_range=frame_range, output=output, base_dir=Path(base_dir))
+                 source_fit=source_fit, fps=fps, frame_range=frame_range, output=output, base_dir=Path(base_dir))
 
 
 def _read_track(c: _Checker, tdoc, path: str, schema: Schema, name: str) -> Track | None:

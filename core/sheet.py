@@ -54,6 +54,12 @@ def _tile(frame: np.ndarray, region, size: int) -> np.ndarray:
     return cv2.resize(over_grey(canvas), (size, size), interpolation=cv2.INTER_AREA)
 
 
+def head_region(face: Box) -> Box:
+    """The head and its hair: twice the face box, a little below its centre (what the sheets show)."""
+    s = max(face.w, face.h)
+    return Box(int(round(face.x - s / 2)), int(round(face.y - s / 4)), 2 * s, 2 * s)
+
+
 def comparison_sheet(folder, models: list[str], intents=tuple(INTENTS), size: int = 192, device: str = "cpu",
                      progress: Callable | None = None) -> np.ndarray:
     """The sheet (uint8 RGB): a row per painting in ``folder``, columns: the painting, then each model × intent."""
@@ -69,8 +75,7 @@ def comparison_sheet(folder, models: list[str], intents=tuple(INTENTS), size: in
     for path in paths:
         source = read_image(path)
         face = default_face_box(source)
-        s = max(face.w, face.h)  # the head and its hair: twice the face box, a little below its centre
-        region = Box(int(round(face.x - s / 2)), int(round(face.y - s / 4)), 2 * s, 2 * s)
+        region = head_region(face)
         row = [_tile(source, region, size)]
         for model in models:
             job = FrameJob.prepare(source, runtimes[model], face, device)
@@ -80,4 +85,29 @@ def comparison_sheet(folder, models: list[str], intents=tuple(INTENTS), size: in
             if progress:
                 progress(done, len(paths) * len(models))
         rows.append(np.concatenate(row, axis=1))
+    return quantise(np.concatenate(rows, axis=0))
+
+
+def interpolation_strip(image, models: list[str], target: np.ndarray, frames: int = 8, size: int = 160,
+                        face_box=None, device: str = "cpu") -> np.ndarray:
+    """Key-to-key continuity (seed 002's continuous generation): one row per model, the source then ``frames`` frames
+    from the rest pose to ``target`` (character-rig values), interpolated linearly *in each model's own schema* (for a
+    3DMM model: linearly in its parameters, the paper's argument for continuity). Returns uint8 RGB."""
+    from .models import get_model
+    from .pipeline import FrameJob
+
+    if frames < 2:
+        raise KeyfaceError("a strip needs at least 2 frames")
+    source = read_image(image)
+    face = default_face_box(source) if face_box is None else Box.of(face_box)
+    region = head_region(face)
+    t = np.linspace(0.0, 1.0, frames, dtype=np.float64)[:, None]
+    rows = []
+    for model in models:
+        job = FrameJob.prepare(source, get_model(model).load(device), face, device)
+        rest = job.schema.defaults.astype(np.float64)
+        goal = convert(np.asarray(target, np.float64), "character", job.schema)
+        values = (rest + t * (goal - rest)).astype(np.float32)
+        rows.append(np.concatenate([_tile(source, region, size)] + [_tile(f, region, size)
+                                                                     for f in job.frames(values)], axis=1))
     return quantise(np.concatenate(rows, axis=0))

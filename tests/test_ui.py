@@ -284,7 +284,12 @@ def test_editor_previews_each_model_in_its_own_region(app, model_id, image):
         assert _wait(app, lambda: w.preview_boxes is not None and w.preview_boxes[0] == model_id, timeout=120), \
             w.last_error
         job = FrameJob.prepare(read_image(image), model_id)
-        _, face, working = w.preview_boxes
+        _, face, working, marks = w.preview_boxes
+        if job.runtime.has_fit:  # a fitted face model (F³A): its landmarks are drawn over the face, in the region
+            assert marks.shape == (44, 2) and w.canvas.landmark_item.isVisible()
+            assert ((marks >= (working.x, working.y)) & (marks < (working.x + working.w, working.y + working.h))).all()
+        else:
+            assert marks is None and not w.canvas.landmark_item.isVisible()
         assert (face, working) == (job.face_box, job.box) and w.doc.face_box is None
         r = w.canvas.box_item.rect()
         assert (r.x(), r.y(), r.width(), r.height()) == tuple(face)

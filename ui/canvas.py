@@ -1,13 +1,21 @@
 """The canvas: the source image with zoom (wheel) and pan (drag with the middle button, or Space + drag), the face box
 drawn and editable with the mouse (drag inside to move, drag a corner to resize, square), and the generator's preview
-shown in the box."""
+shown in the box; for a model that fits a face (F³A's 3DMM) the fitted landmarks are drawn over the face, so an
+artist sees a bad fit (and corrects the face box) before rendering."""
 
 from __future__ import annotations
 
 import numpy as np
 from PyQt5.QtCore import QPointF, QRectF, Qt, pyqtSignal
-from PyQt5.QtGui import QColor, QImage, QPainter, QPen, QPixmap
-from PyQt5.QtWidgets import QGraphicsItem, QGraphicsPixmapItem, QGraphicsRectItem, QGraphicsScene, QGraphicsView
+from PyQt5.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QPixmap
+from PyQt5.QtWidgets import (
+    QGraphicsItem,
+    QGraphicsPathItem,
+    QGraphicsPixmapItem,
+    QGraphicsRectItem,
+    QGraphicsScene,
+    QGraphicsView,
+)
 
 from keyface.core.pixels import convert_depth
 
@@ -80,7 +88,11 @@ class Canvas(QGraphicsView):
         self.preview_item = QGraphicsPixmapItem()
         self.preview_item.setTransformationMode(Qt.SmoothTransformation)
         self.box_item = BoxItem(self)
-        for item in (self.image_item, self.preview_item, self.box_item):
+        self.landmark_item = QGraphicsPathItem()
+        pen = QPen(QColor(255, 60, 60))
+        pen.setCosmetic(True)  # one screen pixel at any zoom
+        self.landmark_item.setPen(pen)
+        for item in (self.image_item, self.preview_item, self.landmark_item, self.box_item):
             self.scene().addItem(item)
         self.box_item.setVisible(False)
         self._size = (0, 0)
@@ -125,6 +137,19 @@ class Canvas(QGraphicsView):
         x, y, w, h = box
         self.preview_item.setPos(x, y)
         self.preview_item.setScale(w / pix.width())
+
+    def show_landmarks(self, pts) -> None:
+        """Small crosses at (N, 2) document-pixel landmarks (``None``: hide them)."""
+        path = QPainterPath()
+        if pts is not None:
+            r = max(1.5, min(self._size) / 300)
+            for x, y in np.asarray(pts, np.float64):
+                path.moveTo(x - r, y)
+                path.lineTo(x + r, y)
+                path.moveTo(x, y - r)
+                path.lineTo(x, y + r)
+        self.landmark_item.setPath(path)
+        self.landmark_item.setVisible(pts is not None)
 
     def wheelEvent(self, e):
         factor = 1.25 if e.angleDelta().y() > 0 else 0.8

@@ -162,7 +162,7 @@ class MainWindow(QMainWindow):
         self.device = device
         self.preview = PreviewEngine(device, self)
         self.last_preview = None
-        self.preview_boxes = None  # (model, face box, working region) of the last preview
+        self.preview_boxes = None  # (model, face box, working region, fitted landmarks or None) of the last preview
         self.last_error = None
         self.canvas = Canvas()
         self.setCentralWidget(self.canvas)
@@ -319,10 +319,11 @@ class MainWindow(QMainWindow):
         """A preview: drawn into the model's working region; the face box it used is shown (an automatic one is shown,
         not stored: the document keeps only a box the artist drew, so each model derives its own region from it).
         A preview of a model the document no longer uses is dropped."""
-        model_id, face, working = boxes
+        model_id, face, working, marks = boxes
         if model_id != self.doc.model_id:
             return
         self.preview_boxes = boxes
+        self.canvas.show_landmarks(marks)  # a fitted face model's landmarks (None: hidden)
         if self.doc.face_box is None:
             self.canvas.set_box(tuple(face))
         if frame == self.doc.frame:

@@ -9,12 +9,13 @@ import numpy as np
 from PyQt5.QtCore import QObject, pyqtSignal
 
 from keyface.core.errors import KeyfaceError
-from keyface.core.pixels import to_unit
+from keyface.core.pixels import to_unit, with_alpha
 from keyface.core.video import MOVIE_FORMATS
 
 
 class PreviewEngine(QObject):
-    ready = pyqtSignal(int, object, object)  # frame, low-res result (h, w, C) float [0, 1], (model, face box, region)
+    ready = pyqtSignal(int, object, object)  # frame, low-res result (h, w, C) float [0, 1], (model, face box, region,
+                                             # the fitted face's landmarks in document pixels or None)
     fullReady = pyqtSignal(int, object)   # frame, full-resolution frame (source depth)
     failed = pyqtSignal(str)
 
@@ -70,7 +71,11 @@ class PreviewEngine(QObject):
                     self.fullReady.emit(frame, self._job.frames(values[None])[0])
                     continue
                 low, _ = self._job.low_results(values[None])
-                boxes = (model_id, self._job.face_box, self._job.box)
+                marks = None
+                if self._job.runtime.has_fit:  # a fitted face model (F³A's 3DMM): show its landmarks
+                    grid_low = with_alpha(self._job.lifter.low_input())
+                    marks = self._job.grid_to_document(self._job.runtime.fit_landmarks(grid_low))
+                boxes = (model_id, self._job.face_box, self._job.box, marks)
                 if len(self.cache) > 256:
                     self.cache.clear()
                 self.cache[key] = (to_unit(low[0]), boxes)

@@ -197,18 +197,25 @@ def quality_arg(text: str):
 
 def cmd_pose(args, out) -> int:
     from ..box import Box
+    from ..generator import read_fit
     from ..imageio import read_image, write_image
     from ..io import atomic_write_bytes
     from ..models import get_model
     from ..pipeline import FrameJob
+    from ..pixels import with_alpha
 
     schema = get_model(args.model).schema
-    values = schema.defaults[None].copy()  # the rest pose, then the --set values
+    source = read_image(args.image)
+    job = FrameJob.prepare(source, args.model, Box.parse(args.box) if args.box else None, args.device, args.mode)
+    values = schema.defaults[None].copy()  # the rest pose (or the driver's face: --from-fit), then the --set values
+    if args.from_fit:
+        if not job.runtime.has_fit:
+            raise KeyfaceError(f"model {args.model} fits no face model: --from-fit is for e.g. f3a-3dmm")
+        values[0] = job.runtime.values_from_fit(read_fit(args.from_fit, schema),
+                                                 with_alpha(job.lifter.low_input()))
     for name, value in args.set or []:
         values[0, schema.index(name)] = value
     values = schema.validate(values).astype(np.float32)
-    source = read_image(args.image)
-    job = FrameJob.prepare(source, args.model, Box.parse(args.box) if args.box else None, args.device, args.mode)
     if args.raw:
         if not job.runtime.has_raw:
             raise KeyfaceError(f"model {args.model} has no raw output (--raw is for generators with their own "
@@ -236,6 +243,33 @@ def cmd_sheet(args, out) -> int:
     bar.close()
     write_image(args.out, sheet)
     out.write(f"wrote {args.out}: columns = the painting, then {', '.join(models)} × {', '.join(intents)}\n")
+    return 0
+
+
+def cmd_strip(args, out) -> int:
+    from ..box import Box
+    from ..imageio import write_image
+    from ..rig import character_schema
+    from ..sheet import INTENTS, intent_values, interpolation_strip
+
+    models = [m for m in args.models.split(",") if m]
+    if args.intent and args.set:
+        raise KeyfaceError("give an --intent or --set values, not both")
+    if args.set:
+        rig = character_schema()
+        target = rig.defaults.astype(np.float64).copy()
+        for name, value in args.set:
+            target[rig.index(name)] = value
+        target = rig.validate(target[None])[0]
+    else:
+        name = args.intent or "open mouth"
+        if name not in INTENTS:
+            raise KeyfaceError(f"unknown intent {name!r} (known: {', '.join(INTENTS)})")
+        target = intent_values([name])[0]
+    strip = interpolation_strip(args.image, models, target, args.frames, args.size,
+                                Box.parse(args.box) if args.box else None, args.device)
+    write_image(args.out, strip)
+    out.write(f"wrote {args.out}: {len(models)} row(s) × {args.frames} frames\n")
     return 0
 
 
@@ -317,6 +351,9 @@ def add(cmds) -> None:
                     help="face box (THA's head box; default: detected; a square image with a THA model: its frame)")
     po.add_argument("--raw", metavar="OUT.npy", help="also save the generator's own output (float32, its native "
                                                      "convention; THA4: linear premultiplied [-1, 1], 4×512×512)")
+    po.add_argument("--from-fit", metavar="FIT.json",
+                    help="take the expression and head pose of another face's fit (keyface fit3dmm --out), keeping "
+                         "this image's identity (models that fit a 3DMM, e.g. f3a-3dmm); --set applies on top")
     po.add_argument("--mode", choices=("multiscale", "vanilla"), default="multiscale", help="ResWarp mode")
     po.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     po.add_argument("--out", required=True, help="output image (.png or .tiff), written atomically")
@@ -332,6 +369,19 @@ def add(cmds) -> None:
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.add_argument("--out", required=True, help="the sheet (.png), written atomically")
     sh.set_defaults(run=cmd_sheet)
+
+    st = sub.add_parser("strip", help="key-to-key continuity: each model's frames from rest to a target, side by side")
+    st.add_argument("image", metavar="IMAGE")
+    st.add_argument("--models", required=True, metavar="A,B", help="models, one row each (e.g. f3a-3dmm,tha3)")
+    st.add_argument("--intent", metavar="NAME", help="blink, open mouth, smile or head turn (default: open mouth)")
+    st.add_argument("--set", type=set_arg, action="append", metavar="CHANNEL=VALUE",
+                    help="the target in the character rig instead of an intent (repeatable)")
+    st.add_argument("--frames", type=positive_int, default=8, help="frames from rest to the target (default 8)")
+    st.add_argument("--size", type=positive_int, default=160, help="tile side in pixels (default 160)")
+    st.add_argument("--box", metavar="x,y,w,h", help="the face box (default: detected, or THA's for a 512² image)")
+    st.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    st.add_argument("--out", required=True, help="the strip (.png), written atomically")
+    st.set_defaults(run=cmd_strip)
 
     ed = sub.add_parser("edit", help="the desktop editor (canvas, parameters, keyframe timeline, preview, render)")
     ed.add_argument("path", nargs="?", metavar="IMAGE|SCENE", help="an image or a scene to open")

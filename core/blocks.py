@@ -124,7 +124,7 @@ def patch_trunk(cin: int, base: int, layers: int, max_width: int = 512) -> tuple
 
 class PatchCritic(nn.Module):
     """An unconditional PatchGAN critic: :func:`patch_trunk` (``layers`` stride-2 convs) and a 3×3 conv to one score
-    per patch (F³A's D(Î_t), style mapping's LS-GAN critic)."""
+    per patch (F³A's D(Î_t))."""
 
     def __init__(self, cin: int = 4, base: int = 16, layers: int = 3):
         super().__init__()

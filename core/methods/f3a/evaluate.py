@@ -62,6 +62,7 @@ def cross_identity(model: str, data: dict, pairs: int, device: str = "cpu") -> d
     seeds = list(dict.fromkeys(int(s) for s in data["char_seed"]))
     rows, base = [], []
     size = data["rest"].shape[1]
+    names = character_schema().names
     for i in range(min(pairs, len(data["rest"]))):
         b = int(data["char_seed"][i])
         a = seeds[(seeds.index(b) + 1) % len(seeds)]
@@ -73,7 +74,6 @@ def cross_identity(model: str, data: dict, pairs: int, device: str = "cpu") -> d
         values = runtime.values_from_fit(driver, with_alpha(job.lifter.low_input()))
         frame = job.frames(values[None])[0]
         pr = PairRenderer(sample_character(a), (size, size), FRAMINGS["head"])
-        names = character_schema().names
         truth = pr.renderer.render(dict(zip(names, (float(v) for v in data["values"][i]), strict=True))).image
         truth = quantise(truth) / 255.0
         rows.append(image_metrics(frame / 255.0, truth))

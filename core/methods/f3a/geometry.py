@@ -200,14 +200,16 @@ def landmark_heatmap(tgt: np.ndarray, size: int, sigma: float = 1.5) -> np.ndarr
     return heat[..., None]
 
 
-def conditions(kind: str, src_p: np.ndarray, tgt_p: np.ndarray, au17: np.ndarray, size: int) -> np.ndarray:
+def conditions(kind: str, src_p: np.ndarray, tgt_p: np.ndarray, au17: np.ndarray, size: int,
+               meshes=None) -> np.ndarray:
     """(B, C, size, size) condition maps for a batch: the facial flow, tiled action units + Euler angles (AUs / 5,
-    angles / 30°), or the target landmarks' heatmap (the conditions study)."""
+    angles / 30°), or the target landmarks' heatmap (the conditions study). ``meshes``: the parameters' projections
+    (:func:`project_np`) when the caller already has them."""
     b = len(src_p)
     if kind == "aus":
         vec = np.concatenate([au17 / 5.0, tgt_p[:, SL_ANG] / 30.0], 1).astype(np.float32)
         return np.broadcast_to(vec[:, :, None, None], (b, vec.shape[1], size, size)).copy()
-    src, tgt = project_np(src_p, size), project_np(tgt_p, size)
+    src, tgt = meshes if meshes is not None else (project_np(src_p, size), project_np(tgt_p, size))
     if kind == "flow":
         maps = [facial_flow(s, t, size) for s, t in zip(src, tgt, strict=True)]
     elif kind == "landmarks":
@@ -243,10 +245,11 @@ HEAD_FADE = (1.3, 1.9)  # the rigid flow fades from full to none between these d
                         # face centre: the head with its hair is ~1.4 units in radius in the engine's characters
 
 
-def backward_flow(src_p: np.ndarray, tgt_p: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def backward_flow(src_p: np.ndarray, tgt_p: np.ndarray, size: int, meshes=None) -> tuple[np.ndarray, np.ndarray]:
     """ResWarp's backward flow for one frame (module docstring) and the mask of pixels where the mesh defines it.
-    ``src_p``, ``tgt_p``: (N_PARAMS,) source fit and target parameters."""
-    src, tgt = project_np(src_p, size)[0], project_np(tgt_p, size)[0]
+    ``src_p``, ``tgt_p``: (N_PARAMS,) source fit and target parameters; ``meshes``: their (N, 3) projections when the
+    caller already has them."""
+    src, tgt = meshes if meshes is not None else (project_np(src_p, size)[0], project_np(tgt_p, size)[0])
     # the barycentric combination of the displacements (= that of the source positions minus the pixel, exactly:
     # barycentric coordinates reproduce the pixel), so equal meshes give exactly zero
     mesh_flow, covered = rasterize(tgt, src[:, :2] - tgt[:, :2], size)

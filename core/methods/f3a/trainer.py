@@ -114,27 +114,24 @@ def mean_rows(rows: list[dict]) -> dict:
 
 
 def render_pairs(seeds, poses: int, size: int, seed: int = 0) -> dict:
-    """Pairs of characters outside a dataset (validation), rendered on the fly like ``keyface synth --framing head``."""
-    from ...synth.character import sample_character
-    from ...synth.dataset import to_u8
-    from ...synth.render import FRAMINGS
-    from ...synth.sample import PairRenderer, sample_pose
+    """Pairs of characters outside a dataset (validation), rendered on the fly exactly as ``keyface synth --framing
+    head`` renders a character's shard (:func:`keyface.core.synth.dataset.render_character`)."""
+    from ...synth.dataset import SynthConfig, render_character
 
-    cols: dict[str, list] = {k: [] for k in ("rest", "posed", "param_3dmm", "param_au17", "values")}
-    for s in seeds:
-        pr = PairRenderer(sample_character(s), (size, size), FRAMINGS["head"])
-        rng = np.random.default_rng([seed, s, 0xF3A])
-        for _ in range(poses):
-            smp = pr.sample(sample_pose(rng))
-            cols["rest"].append(to_u8(smp.rest))
-            cols["posed"].append(to_u8(smp.posed))
-            cols["param_3dmm"].append(smp.params["3dmm"])
-            cols["param_au17"].append(smp.params["au17"])
-            cols["values"].append(smp.values)
-    return {k: np.stack(v) for k, v in cols.items()}
+    cfg = asdict(SynthConfig(size=size, poses_per_character=poses, framing="head", seed=seed))
+    chars = [render_character(s, cfg) for s in seeds]
+    return {k: np.concatenate([c[k] for c in chars]) for k in ("rest", "posed", "param_3dmm", "param_au17", "values")}
 
 
 # ------------------------------------------------------------------------------------------------ generator stage
+
+
+def _config(cls, model_cls, d: dict):
+    """A run config from its saved JSON (``config.json``): the model config and loss weights rebuilt."""
+    d = dict(d)
+    d["model"] = model_cls(**d.get("model", {}))
+    d["weights"] = LossWeights(**d.get("weights", {}))
+    return cls(**d)
 
 
 @dataclass
@@ -151,10 +148,7 @@ class TrainConfig(RunConfig):
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["model"] = F3AConfig(**d.get("model", {}))
-        d["weights"] = LossWeights(**d.get("weights", {}))
-        return cls(**d)
+        return _config(cls, F3AConfig, d)
 
 
 @torch.no_grad()
@@ -238,8 +232,9 @@ class Trainer(RunTrainer):
         target = d["posed"][idx].copy()
         target[same] = d["rest"][idx][same]
         size = cfg.model.size
-        cond = geo.conditions(cfg.model.condition, src_p, tgt_p, au, size)
-        w = part_weights(geo.project_np(src_p, size), geo.project_np(tgt_p, size), size, cfg.weights.part_weight)
+        meshes = geo.project_np(src_p, size), geo.project_np(tgt_p, size)
+        cond = geo.conditions(cfg.model.condition, src_p, tgt_p, au, size, meshes)
+        w = part_weights(*meshes, size, cfg.weights.part_weight)
         dev = self.device
         return (to_net(d["rest"][idx]).to(dev), to_net(target).to(dev), torch.from_numpy(cond).to(dev),
                 torch.from_numpy(w).to(dev))
@@ -307,10 +302,7 @@ class RegressorTrainConfig(RunConfig):
 
     @classmethod
     def from_dict(cls, d: dict) -> RegressorTrainConfig:
-        d = dict(d)
-        d["model"] = RegressorConfig(**d.get("model", {}))
-        d["weights"] = LossWeights(**d.get("weights", {}))
-        return cls(**d)
+        return _config(cls, RegressorConfig, d)
 
 
 def augment(images: np.ndarray, params: np.ndarray, rng: np.random.Generator, size: int) -> tuple:

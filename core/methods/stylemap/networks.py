@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...blocks import PatchCritic, ResBlock
+from ...blocks import ResBlock
 
 BINS = 66
 BIN_DEG = 3.0
@@ -319,9 +319,6 @@ class StyleMapGenerator(nn.Module):
         return {"out": out, **warp}
 
 
-Critic = PatchCritic  # the LS-GAN critic (one score per patch)
-
-
 def flow_2d(motion: torch.Tensor, size: int) -> torch.Tensor:
     """The composed 3D motion (B, D, H, W, 3) → a 2D backward flow (B, 2, size, size) in output pixels (ResWarp's
     flow): the depth-averaged (x, y) displacement from each location, up-sampled to the output size (the displacement,
@@ -333,9 +330,5 @@ def flow_2d(motion: torch.Tensor, size: int) -> torch.Tensor:
     return disp * (size / 2)
 
 
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__ = ["ANGLE_RANGE", "BINS", "Critic", "KeypointExtractor", "PoseExpressionNet", "StyleMapConfig",
+__all__ = ["ANGLE_RANGE", "BINS", "KeypointExtractor", "PoseExpressionNet", "StyleMapConfig",
            "StyleMapGenerator", "bin_angles", "flow_2d", "keypoints", "rotation"]

@@ -77,6 +77,18 @@ class Box:
         return iter((self.x, self.y, self.w, self.h))
 
 
+HEAD_FACE_CENTER = (0.5, 0.45)  # the face box's centre in a head crop (``keyface synth --framing head``), fractions
+
+
+def head_crop(face: Box, width: int, height: int) -> Box:
+    """The head crop around a face box, as ``keyface synth --framing head`` frames a character: the square of twice
+    the face box's side, placed so that the face box's centre sits at :data:`HEAD_FACE_CENTER` of it, moved back inside
+    the document where it leaves it (shrunk only when the document is smaller)."""
+    x, y, w, h = Box.of(face)
+    s = max(w, h)
+    return Box.square(x + w / 2, y + h / 2 + (0.5 - HEAD_FACE_CENTER[1]) * 2 * s, 2 * s, width, height)
+
+
 def tha_frame(face_box: Box) -> Box:
     """THA's square character frame around a face box ``[x, y, s, s]``: ``[x − 1.5·s, y − 0.5·s, 4·s, 4·s]`` (the
     face box is the head box at columns 192–320, rows 64–192 of the 512² frame). A non-square face box uses its larger

@@ -24,6 +24,9 @@ probed with ``hasattr``/``getattr``.
   fitted face's landmarks in grid pixels, drawn by the editor so an artist sees a bad fit), :meth:`use_fit` (take
   given parameters instead: a scene's ``source_fit``) and :meth:`values_from_fit` (the values that give the source
   another face's expression and pose: ``keyface pose --from-fit``). Fit files: :func:`read_fit`.
+* ``has_motion``: the model reads motion from images (style mapping's keypoints): :meth:`motion_keys` gives the
+  values that move a source as each frame of a reference moved from its first (``keyface keys-from-video``,
+  :mod:`keyface.core.motion`).
 
 Runtimes load weights through their method's ``networks`` module (never a trainer).
 """
@@ -65,6 +68,7 @@ class Generator(ABC):
     batch_size: int = 4  # frames per call that suit it on a CPU (the render path's default batch)
     has_raw: bool = False
     has_fit: bool = False
+    has_motion: bool = False
     residual: str = "additive"  # bias cancellation in the render path: "additive" or "gated" (keyface.core.pipeline)
 
     def default_face_box(self, source: np.ndarray) -> Box:
@@ -100,6 +104,12 @@ class Generator(ABC):
     def values_from_fit(self, driver: np.ndarray, low: np.ndarray) -> np.ndarray:
         """Values giving the source the expression and pose of another face's fit (only where ``has_fit``)."""
         raise KeyfaceError(f"{type(self).__name__} fits no face model (3DMM fits are for e.g. f3a-3dmm)")
+
+    def motion_keys(self, crops: np.ndarray) -> np.ndarray:
+        """(F, h, w, 4) straight RGBA crops of a reference at the grid size → (F, C) values in the schema: each
+        frame's pose and expression relative to the first (only where ``has_motion``)."""
+        raise KeyfaceError(f"{type(self).__name__} does not read motion from a reference (use a model such as "
+                           "stylemap-kp)")
 
 
 def default_face_box(source: np.ndarray) -> Box:

@@ -230,10 +230,14 @@ def _kp() -> Schema:
                      f"Head {a} in degrees (66 bins of 3° over ±99°)") for a in ("yaw", "pitch", "roll")]
     chans += [Channel(f"t{a}", f"Translate {a}", "translation", None, -1, 1, 0, "",
                       f"Translation along {a} in normalised image units") for a in "xyz"]
-    for k in range(KP_COUNT):
+    from .synth.face import KP_LANDMARKS  # keypoint k is this landmark of the face (what the label names)
+
+    for k, landmark in enumerate(KP_LANDMARKS):
         for a in "xyz":
-            chans.append(Channel(f"exp_{k:02d}_{a}", f"Keypoint {k} Δ{a}", "expression", None, -0.5, 0.5, 0, "",
-                                 f"Expression deformation of canonical keypoint {k} along {a}"))
+            label = landmark.replace("_", " ")
+            chans.append(Channel(f"exp_{k:02d}_{a}", f"{label} Δ{a}", "expression", None, -0.5, 0.5, 0, "",
+                                 f"Expression deformation of canonical keypoint {k} ({label}) along {a}, in face-box "
+                                 "sides, in the head's frame"))
     return Schema("kp", chans, "Style-mapping keypoint generator pose and expression (seed 003)")
 
 
@@ -505,16 +509,44 @@ def _au17_converter() -> Converter:
 _ANGLES = (("yaw", "head_yaw"), ("pitch", "head_pitch"), ("roll", "head_roll"))
 
 
+def kp_expression_basis() -> np.ndarray:
+    """(K·3, E): the ``kp`` schema's expression deltas per unit of each character expression channel — the synthetic
+    engine's exact landmark motion (:func:`keyface.core.synth.face.linear_model`) of the 15 canonical keypoints, in
+    face-box units (the box side is 1; the engine's unit is half of it)."""
+    from .synth import face as fm
+
+    _, _, a_exp = fm.linear_model()
+    idx = [fm.LANDMARK_NAMES.index(n) for n in fm.KP_LANDMARKS]
+    return a_exp[idx].reshape(-1, a_exp.shape[-1]) / 2.0
+
+
 def _kp_converter() -> Converter:
+    """Head pose one to one; expressions through :func:`kp_expression_basis`: exact toward ``kp``, least squares
+    (minimum norm, then clipped to the rig's ranges) back. The keypoints see 14 of the 19 expression directions:
+    opposite channels (brow raise/lower, smile/frown) come back as their net motion, iris size not at all."""
     s = get_schema("kp")
-    why = ("kp expression deltas move learned, unlabelled keypoints: only a trained model can relate them to "
-           "expressions, so the character rig drives head pose only")
+    basis = kp_expression_basis()
+    pinv = np.linalg.pinv(basis, rcond=1e-3)
+    exp_names = [n for n in s.names if n.startswith("exp_")]
+
+    def to(c):
+        out = {k: c[ch] for k, ch in _ANGLES}
+        deltas = np.stack([c[n] for n in _EXPRESSION_CHANNELS], axis=-1) @ basis.T
+        out.update({n: deltas[..., i] for i, n in enumerate(exp_names)})
+        return out
+
+    def back(p):
+        out = {ch: p[k] for k, ch in _ANGLES}
+        e = np.stack([p[n] for n in exp_names], axis=-1) @ pinv.T
+        out.update({n: e[..., i] for i, n in enumerate(_EXPRESSION_CHANNELS)})
+        return out
+
+    why = "moves none of the 15 keypoints"
     return Converter(
-        s,
-        lambda c: {k: c[ch] for k, ch in _ANGLES},
-        lambda p: {ch: p[k] for k, ch in _ANGLES},
-        lost_to=lost_channels(_EXPRESSION_CHANNELS + ("body_yaw", "body_roll", "breathing"), why),
-        lost_from=lost_channels([n for n in s.names if n.startswith(("exp_", "t"))], why),
+        s, to, back,
+        lost_to={**lost_channels(("body_yaw", "body_roll", "breathing")), **lost_channels(("iris_size",), why)},
+        lost_from=lost_channels([n for n in s.names if n.startswith("t")],
+                                "the head's translation belongs to the source, not the character rig"),
     )
 
 

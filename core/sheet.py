@@ -111,3 +111,34 @@ def interpolation_strip(image, models: list[str], target: np.ndarray, frames: in
         rows.append(np.concatenate([_tile(source, region, size)] + [_tile(f, region, size)
                                                                      for f in job.frames(values)], axis=1))
     return quantise(np.concatenate(rows, axis=0))
+
+
+def scene_strip(image, models: list[str], scene, frames: int = 8, size: int = 160, face_box=None,
+                device: str = "cpu", reference: list[np.ndarray] | None = None, reference_box=None) -> np.ndarray:
+    """A scene's motion on one image, one row per model: the scene's keys sampled at ``frames`` frames evenly over
+    its range, converted from the scene's schema to each model's (through the character rig). With ``reference`` (a
+    clip's frames, e.g. the one the keys were read from) its frames at the same times make the first row, cropped
+    around ``reference_box`` (default: its first frame's face box). Returns uint8 RGB."""
+    from .models import get_model
+    from .pipeline import FrameJob
+
+    if frames < 2:
+        raise KeyfaceError("a strip needs at least 2 frames")
+    source = read_image(image)
+    face = default_face_box(source) if face_box is None else Box.of(face_box)
+    region = head_region(face)
+    times = np.unique(np.round(np.linspace(scene.frame_range[0], scene.frame_range[1], frames)).astype(int))
+    values = scene.sample(times)
+    blank = np.full((size, size, 3), 0.5, np.float32)
+    rows = []
+    if reference is not None:
+        ref_face = default_face_box(reference[0]) if reference_box is None else Box.of(reference_box)
+        ref_region = head_region(ref_face)
+        rows.append(np.concatenate([blank] + [_tile(reference[min(int(t), len(reference) - 1)], ref_region, size)
+                                              for t in times], axis=1))
+    for model in models:
+        job = FrameJob.prepare(source, get_model(model).load(device), face, device)
+        vals = convert(values, scene.schema, job.schema).astype(np.float32)
+        rows.append(np.concatenate([_tile(source, region, size)] + [_tile(f, region, size) for f in job.frames(vals)],
+                                   axis=1))
+    return quantise(np.concatenate(rows, axis=0))

@@ -339,3 +339,55 @@ class Timeline:
 
     def sample_dict(self, frame: float) -> dict[str, float]:
         return self.schema.to_dict(self.sample([frame])[0])
+
+
+def reduce_track(frames, values, tolerance: float, default: float = 0.0,
+                 interpolation: str = DEFAULT_INTERPOLATION) -> Track:
+    """The few keys that reproduce a sampled curve within ``tolerance``: a track through the first and last sample,
+    then, while the track (sampled as the timeline samples it) misses some sample by more than the tolerance, a key at
+    the worst one (greedy insertion, as Ramer–Douglas–Peucker on the real interpolation). A curve that stays within
+    the tolerance of ``default`` gets no keys; one within the tolerance of its first value gets one key."""
+    f = np.asarray(frames, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    if f.ndim != 1 or f.shape != v.shape or not len(f):
+        raise TimelineError("reduce_track needs one value per frame")
+    if not np.isfinite(v).all():
+        raise TimelineError("reduce_track: the curve has non-finite values")
+    if tolerance <= 0:
+        raise TimelineError("reduce_track: the tolerance must be positive")
+    track = Track(default=default)
+    if np.abs(v - default).max() <= tolerance:
+        return track
+    track.insert(int(f[0]), float(v[0]), interpolation)
+    if np.abs(v - v[0]).max() <= tolerance:
+        return track
+    track.insert(int(f[-1]), float(v[-1]), interpolation)
+    while True:
+        err = np.abs(track.sample(f) - v)
+        worst = int(np.argmax(err))
+        if err[worst] <= tolerance or track.key_at(int(f[worst])) is not None:
+            return track
+        track.insert(int(f[worst]), float(v[worst]), interpolation)
+
+
+def reduce_curves(schema: Schema, frames, values, tolerance: float,
+                  interpolation: str = DEFAULT_INTERPOLATION) -> tuple[Timeline, dict]:
+    """:func:`reduce_track` for every channel of ``(F, C)`` values in ``schema``; the tolerance is a fraction of each
+    channel's range, and values are first clipped to it. Returns the timeline and a report: keys written, frames, and
+    the largest error of the reduced curves against the (clipped) samples, in each channel's units and as a fraction
+    of its range."""
+    values = np.asarray(values, dtype=np.float64)
+    frames = np.asarray(frames, dtype=np.int64)
+    tracks, worst, worst_frac, keys = {}, 0.0, 0.0, 0
+    for i, ch in enumerate(schema.channels):
+        span = ch.max - ch.min
+        curve = np.clip(values[:, i], ch.min, ch.max)  # keys stay in the channel's range
+        track = reduce_track(frames, curve, tolerance * span, ch.default, interpolation)
+        if len(track):
+            tracks[ch.name] = track
+            keys += len(track)
+        err = np.abs(track.sample(frames) - curve).max()
+        worst, worst_frac = max(worst, err), max(worst_frac, err / span)
+    report = {"frames": len(frames), "keys": keys, "channels_keyed": len(tracks), "max_error": float(worst),
+              "max_error_fraction": float(worst_frac)}
+    return Timeline(schema, tracks), report

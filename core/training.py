@@ -241,6 +241,16 @@ class RunTrainer(ABC):
     def adam(self, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
 
+    def use_generator(self, generator, make_critic=None) -> None:
+        """Set ``modules`` and ``optimizers`` for a generator and, in ``gan`` mode, the critic ``make_critic()``:
+        ``self.gan``, ``self.critic`` (None without), ``self.opt_g``, ``self.opt_d``."""
+        self.gan = self.cfg.mode == "gan"
+        self.critic = make_critic().to(self.device) if self.gan else None
+        self.modules = {"generator": generator, **({"critic": self.critic} if self.gan else {})}
+        self.opt_g = self.adam(generator.parameters())
+        self.opt_d = self.adam(self.critic.parameters()) if self.gan else None
+        self.optimizers = {"g": self.opt_g, "d": self.opt_d}
+
     def set_lr(self) -> float:
         lr = self.cfg.lr * lr_factor(self.cfg, self.step)
         for opt in self.optimizers.values():

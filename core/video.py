@@ -484,3 +484,36 @@ def _put_plane(plane, values: np.ndarray) -> None:
     """Overwrite one plane of a VideoFrame with an H×W array of its sample type (rows padded to line_size)."""
     rows = np.frombuffer(plane, values.dtype).reshape(plane.height, -1)
     rows[:, : plane.width] = values
+
+
+def read_movie(path, max_frames: int | None = None) -> tuple[list[np.ndarray], Fraction]:
+    """A movie's frames (H×W×3 uint8 RGB, or H×W×4 RGBA where the stream has alpha) and its frame rate, decoded with
+    PyAV (VP9 with alpha through ``libvpx-vp9``, see the module docstring). Unreadable files are a
+    :class:`KeyfaceError`."""
+    av = _av()
+    path = Path(path)
+    if not path.is_file():
+        raise KeyfaceError(f"movie not found: {path}")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as box:
+            if not box.streams.video:
+                raise KeyfaceError(f"{path} has no video stream")
+            stream = box.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+            decoder = None
+            if stream.codec_context.name == "vp9":  # the native decoder drops VP9's alpha; libvpx keeps it
+                decoder = av.CodecContext.create("libvpx-vp9", "r")
+            for packet in box.demux(stream):
+                for frame in (decoder.decode(packet) if decoder else packet.decode()):
+                    alpha = "a" in frame.format.name.replace("yuv", "").replace("gbr", "")  # yuva…, gbrap, rgba, pal8
+                    frames.append(frame.to_ndarray(format="rgba" if alpha else "rgb24"))
+                    if max_frames and len(frames) >= max_frames:
+                        return frames, Fraction(rate)
+    except KeyfaceError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise KeyfaceError(f"cannot read movie {path}: {e}") from None
+    if not frames:
+        raise KeyfaceError(f"{path} holds no frames")
+    return frames, Fraction(rate)

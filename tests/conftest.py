@@ -57,3 +57,15 @@ def write_scene(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def head_data(tmp_path_factory):
+    """A tiny paired dataset in the head framing (``keyface synth --framing head``: F³A's and style mapping's crop):
+    4 characters × 6 poses at 64², one character held out for testing."""
+    from keyface.core.synth.dataset import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("head") / "data"
+    write_dataset(root, SynthConfig(characters=4, poses_per_character=6, size=64, framing="head", seed=3,
+                                    test_fraction=0.25), workers=1)
+    return root

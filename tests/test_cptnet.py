@@ -371,21 +371,27 @@ def test_render_path_with_residual_weights(random_cptnet):
     assert weights is not None and weights.shape == (1, 64, 64)
 
 
-def test_head_box_around_a_face_box():
-    from keyface.core.methods.cptnet.runtime import head_box
+def test_head_crop_around_a_face_box():
+    from keyface.core.box import head_crop
     from keyface.core.synth.character import sample_character
     from keyface.core.synth.face import Pose
-    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.render import FRAMINGS, REST, Placement
     from keyface.core.synth.sample import PairRenderer
 
-    # the engine's own face box in the head framing maps back to the whole head-framed image
+    # the engine's own face box in the head framing maps back to the whole head-framed image ...
     pr = PairRenderer(sample_character(5), (256, 256), FRAMINGS["head"])
     face = pr.face_box(Pose(dict(REST)))
-    assert np.allclose(tuple(head_box(face, 256, 256)), (0, 0, 256, 256), atol=2)
+    assert np.allclose(tuple(head_crop(face, 256, 256)), (0, 0, 256, 256), atol=2)
+    # ... and, inside a larger image (no clamping), to the head framing's square: the face box's centre at (0.5, 0.45)
+    big = PairRenderer(sample_character(5), (600, 600), Placement(center=(0.5, 0.5), head=0.25))
+    crop = head_crop(big.face_box(Pose(dict(REST))), 600, 600)
+    fx, fy, fw, fh = big.face_box(Pose(dict(REST)))
+    assert crop.w == 2 * fw and crop.x + 0.5 * crop.w == pytest.approx(fx + fw / 2, abs=1)
+    assert crop.y + 0.45 * crop.h == pytest.approx(fy + fh / 2, abs=1)
     # near an edge it is shifted inside, and shrunk only when the image is too small
-    assert tuple(head_box((0, 0, 100, 100), 1000, 800)) == (0, 0, 200, 200)
-    assert tuple(head_box((900, 700, 100, 100), 1000, 800)) == (800, 600, 200, 200)
-    assert tuple(head_box((10, 10, 100, 100), 150, 120)) == (0, 0, 120, 120)
+    assert tuple(head_crop((0, 0, 100, 100), 1000, 800)) == (0, 0, 200, 200)
+    assert tuple(head_crop((900, 700, 100, 100), 1000, 800)) == (800, 600, 200, 200)
+    assert tuple(head_crop((10, 10, 100, 100), 150, 120)) == (0, 0, 120, 120)
 
 
 def test_ablation_table(tiny_data, tmp_path, capsys):

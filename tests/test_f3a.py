@@ -24,13 +24,8 @@ COLS = ("rest", "posed", "param_3dmm", "param_au17", "values", "vertices_posed")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from keyface.core.synth.dataset import SynthConfig, write_dataset
-
-    root = tmp_path_factory.mktemp("f3a") / "data"
-    write_dataset(root, SynthConfig(characters=4, poses_per_character=6, size=SIZE, framing="head", seed=3,
-                                    test_fraction=0.25), workers=1)
-    return root
+def data(head_data):
+    return head_data  # 64² head crops (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -197,3 +197,30 @@ def test_monotone_keys_give_monotone_curve(values):
     values = np.cumsum(values)
     t = Track([Key(3 * i, v) for i, v in enumerate(values)])
     assert np.all(np.diff(t.sample(np.linspace(0, 3 * (len(values) - 1), 400))) >= -1e-12)
+
+
+def test_reduce_track_keeps_few_keys_within_the_tolerance():
+    from keyface.core.timeline import reduce_curves, reduce_track
+
+    frames = np.arange(120)
+    curve = 10 * np.sin(frames / 12) + np.where(frames > 70, 5.0, 0.0)
+    for interpolation in ("bezier", "linear"):
+        track = reduce_track(frames, curve, 0.2, interpolation=interpolation)
+        assert 4 <= len(track) < 40
+        assert np.abs(track.sample(frames) - curve).max() <= 0.2
+        assert all(k.interpolation == interpolation for k in track.keys)
+    assert len(reduce_track(frames, np.full(120, 0.05), 0.1)) == 0  # within the tolerance of the default
+    flat = reduce_track(frames, np.full(120, 3.0), 0.1)
+    assert [(k.frame, k.value) for k in flat.keys] == [(0, 3.0)]
+    with pytest.raises(TimelineError):
+        reduce_track(frames, np.full(120, np.nan), 0.1)
+    with pytest.raises(TimelineError):
+        reduce_track(frames, curve, 0.0)
+    schema = rig.get_schema("pose5")
+    values = np.zeros((120, len(schema)))
+    values[:, schema.index("head_yaw")] = np.clip(curve / 10, -1, 1)
+    values[:, schema.index("mouth")] = 2.0  # out of range: clipped to 1
+    timeline, report = reduce_curves(schema, frames, values, 0.01)
+    assert report["frames"] == 120 and report["keys"] == sum(len(t) for t in timeline.tracks.values())
+    assert report["max_error_fraction"] <= 0.01
+    np.testing.assert_allclose(timeline.sample(frames)[:, schema.index("mouth")], 1.0)

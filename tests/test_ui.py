@@ -340,3 +340,53 @@ def test_an_exception_in_a_worker_is_shown_and_the_editor_goes_on(app, window, t
     window.request_preview()
     assert _wait(app, lambda: bool(shown)) and window.last_error is None
     dialog.close()
+
+
+def test_import_motion_from_video(app, window, tmp_path, monkeypatch):
+    # a style-mapping runtime reads a reference folder (its detections replaced by a known mouth-opening curve, so
+    # the result is exact); the keys, converted to the document's schema (au17) and reduced, replace the keyed
+    # channels and the range grows to hold the clip; cancel changes nothing
+    import torch
+
+    from keyface.core.imageio import write_image
+    from keyface.core.methods.stylemap.networks import StyleMap, StyleMapConfig
+    from keyface.core.methods.stylemap.runtime import StyleMapRuntime
+    from keyface.core.rig import character_schema, convert
+    from keyface.core.weights import save_weights
+    from keyface.ui.main_window import MotionDialog
+
+    torch.manual_seed(0)
+    weights = tmp_path / "sm.safetensors"
+    save_weights(StyleMap(StyleMapConfig(size=64, base=4, hourglass=4, blocks3d=1, blocks2d=1)), weights, "stylemap")
+    info = models.ModelInfo("test-ui-stylemap", "stylemap", "kp", "random weights (tests)", weights,
+                            lambda i, device="cpu": StyleMapRuntime(weights, device))
+    c = character_schema()
+    motion = np.zeros((60, len(c)))
+    motion[:, c.index("mouth_open")] = np.linspace(0, 1, 60)
+    monkeypatch.setattr(StyleMapRuntime, "motion_keys", lambda self, crops: convert(motion[:len(crops)], c, "kp"))
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(60):
+        write_image(ref / f"{i:03d}.png", np.full((96, 96, 3), 4 * i, np.uint8))
+    doc = window.doc
+    doc.set_range(0, 47)
+    with models.registered(info):
+        dlg = MotionDialog(doc)
+        assert dlg.model.currentText() == "test-ui-stylemap"
+        dlg.reference.setText(str(ref))
+        dlg.smooth.setValue(0)
+        dlg.start()
+        dlg.cancel()  # cancelled at once: nothing changes
+        assert _wait(app, lambda: dlg.worker is None, 120)
+        assert dlg.report is None and doc.frame_range == (0, 47) and "cancelled" in dlg.status.text()
+        dlg.start()
+        assert _wait(app, lambda: dlg.worker is None, 120)
+    assert dlg.report is not None, dlg.status.text()
+    assert dlg.report["frames"] == 60 and doc.frame_range == (0, 59)
+    assert "imported" in dlg.status.text() and doc.dirty and doc.schema.name == "au17"
+    au26 = doc.timeline.tracks["AU26"]
+    assert 2 <= len(au26) < 20  # reduced: a ramp needs few keys
+    want = convert(motion, c, "au17")[:, doc.schema.index("AU26")]
+    got = doc.timeline.sample(np.arange(60))[:, doc.schema.index("AU26")]
+    assert np.abs(got - want).max() <= 0.005 * 5 + 1e-9  # within the tolerance (0.5 % of AU26's 0–5 range)
+    assert want[-1] > 2  # the mouth really opened

@@ -127,6 +127,18 @@ class EditorDocument(QObject):
         self.changed.emit()
         self.frameChanged.emit(self.frame)
 
+    def import_motion(self, timeline: Timeline, frames: int) -> None:
+        """Keys read from a reference clip (in this document's schema) replace the keys of the channels they key,
+        starting at the first frame of the range; the range grows to hold the clip."""
+        if timeline.schema.name != self.schema.name:
+            raise KeyfaceError(f"the motion's keys are in {timeline.schema.name}, the document's in {self.schema.name}")
+        first = self.frame_range[0]
+        for name, track in timeline.tracks.items():
+            self.timeline.tracks[name] = Track([Key(k.frame + first, k.value, k.interpolation, k.handle_left,
+                                                    k.handle_right) for k in track.keys], default=track.default)
+        self.frame_range = (first, max(self.frame_range[1], first + frames - 1))
+        self._touch()
+
     def _touch(self, mark_dirty: bool = True) -> None:
         if mark_dirty:
             self.dirty = True

@@ -14,6 +14,7 @@ from PyQt5.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDockWidget,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -38,7 +39,7 @@ from .canvas import Canvas, to_qimage
 from .document import EditorDocument
 from .params import ParameterPanel
 from .timeline_view import CurveView, DopeSheet
-from .workers import PreviewEngine, RenderWorker
+from .workers import MotionWorker, PreviewEngine, RenderWorker
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff)"
 SCENE_FILTER = "keyface scenes (*.json)"
@@ -51,7 +52,52 @@ def _settings():
     return QSettings("keyface", "editor")
 
 
-class RenderDialog(QDialog):
+class WorkerDialog(QDialog):
+    """A dialog that runs one background job (a worker with ``progress``, ``finished``, ``failed``, ``cancel``): the
+    progress bar, the status line, the start and cancel buttons, shared by the render and motion dialogs."""
+
+    def _finish_form(self, form: QFormLayout, start_text: str) -> None:
+        self.worker = None
+        self.bar = QProgressBar()
+        form.addRow(self.bar)
+        form.addRow(self.status)
+        self.buttons = QDialogButtonBox()
+        self.start_button = self.buttons.addButton(start_text, QDialogButtonBox.AcceptRole)
+        self.cancel_button = self.buttons.addButton(QDialogButtonBox.Cancel)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        form.addRow(self.buttons)
+
+    def _run(self, worker, status: str) -> None:
+        self.worker = worker
+        worker.progress.connect(self._progress)
+        worker.finished.connect(self._finished)
+        worker.failed.connect(self._failed)
+        self.start_button.setEnabled(False)
+        self.status.setText(status)
+        worker.start()
+
+    def _done(self, status: str) -> None:
+        self.status.setText(status)
+        self.start_button.setEnabled(True)
+        self.worker = None
+
+    def _progress(self, done, total):
+        self.bar.setMaximum(max(1, total))
+        self.bar.setValue(done)
+
+    def _failed(self, msg):
+        self._done(msg)
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.cancel()
+            self.status.setText("cancelling…")
+        else:
+            self.reject()
+
+
+class RenderDialog(WorkerDialog):
     """Folder, format, range; progress bar and cancel; renders through :func:`keyface.core.pipeline.render_scene`."""
 
     def __init__(self, doc: EditorDocument, device: str = "cpu", parent=None):
@@ -87,16 +133,8 @@ class RenderDialog(QDialog):
         self.scheduler.setToolTip("a Dask scheduler's address (tcp://HOST:8786): image frames render on that cluster "
                                   "and come back here (needs keyface[cluster]); movies always render here")
         form.addRow("Cluster", self.scheduler)
-        self.bar = QProgressBar()
-        form.addRow(self.bar)
         self.status = QLabel("")
-        form.addRow(self.status)
-        self.buttons = QDialogButtonBox()
-        self.start_button = self.buttons.addButton("Render", QDialogButtonBox.AcceptRole)
-        self.cancel_button = self.buttons.addButton(QDialogButtonBox.Cancel)
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
-        form.addRow(self.buttons)
+        self._finish_form(form, "Render")
 
     def _browse(self):
         d = QFileDialog.getExistingDirectory(self, "Render into", self.folder.text())
@@ -118,39 +156,80 @@ class RenderDialog(QDialog):
         frames = range(self.first.value(), self.last.value() + 1)
         scheduler = self.scheduler.text().strip()
         _settings().setValue("render/scheduler", scheduler)
-        self.worker = RenderWorker(scene, out, frames, self.format.currentText(), self.device, self,
-                                   scheduler=scheduler or None)
-        self.worker.progress.connect(self._progress)
-        self.worker.finished.connect(self._finished)
-        self.worker.failed.connect(self._failed)
-        self.start_button.setEnabled(False)
-        self.status.setText("rendering…")
-        self.worker.start()
-
-    def _progress(self, done, total):
-        self.bar.setMaximum(max(1, total))
-        self.bar.setValue(done)
+        self._run(RenderWorker(scene, out, frames, self.format.currentText(), self.device, self,
+                               scheduler=scheduler or None), "rendering…")
 
     def _finished(self, n):
         if self.format.currentText() in MOVIE_FORMATS:
-            self.status.setText("done: the movie is written" if n else "cancelled: no movie was written")
+            self._done("done: the movie is written" if n else "cancelled: no movie was written")
         else:
-            self.status.setText(f"done: {n} frames written" if self.bar.value() >= self.bar.maximum()
-                                else f"cancelled after {n} frames (rendering again resumes)")
-        self.start_button.setEnabled(True)
-        self.worker = None
+            self._done(f"done: {n} frames written" if self.bar.value() >= self.bar.maximum()
+                       else f"cancelled after {n} frames (rendering again resumes)")
 
-    def _failed(self, msg):
-        self.status.setText(msg)
-        self.start_button.setEnabled(True)
-        self.worker = None
 
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.cancel()
-            self.status.setText("cancelling…")
-        else:
-            self.reject()
+class MotionDialog(WorkerDialog):
+    """*Import motion from video…*: a reference clip (a movie or a folder of frames) → its head pose and expression as
+    reduced keys of the document (:mod:`keyface.core.motion`), with progress and cancel."""
+
+    def __init__(self, doc: EditorDocument, device: str = "cpu", parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Import motion from video")
+        self.doc, self.device, self.report = doc, device, None
+        form = QFormLayout(self)
+        self.reference = QLineEdit()
+        self.reference.setPlaceholderText("a movie (mp4, mov, webm, gif) or a folder of frames")
+        movie, folder = QPushButton("Movie…"), QPushButton("Folder…")
+        movie.clicked.connect(self._browse_movie)
+        folder.clicked.connect(self._browse_folder)
+        row = QHBoxLayout()
+        for w in (self.reference, movie, folder):
+            row.addWidget(w)
+        form.addRow("Reference", row)
+        self.model = QComboBox()
+        self.model.addItems([m.id for m in available_models() if m.schema_name == "kp"] or ["stylemap-kp"])
+        self.model.setToolTip("the model that reads the reference's keypoints, head pose and expression")
+        form.addRow("Read with", self.model)
+        self.tolerance = QDoubleSpinBox()
+        self.tolerance.setRange(0.1, 10.0)
+        self.tolerance.setValue(0.5)
+        self.tolerance.setSuffix(" % of range")
+        self.tolerance.setToolTip("the largest error of the reduced curves: higher, fewer keys")
+        form.addRow("Tolerance", self.tolerance)
+        self.smooth = QDoubleSpinBox()
+        self.smooth.setRange(0.0, 10.0)
+        self.smooth.setValue(1.0)
+        self.smooth.setSuffix(" frames")
+        form.addRow("Smoothing", self.smooth)
+        self.status = QLabel(f"keys replace the {doc.schema.name} channels they key, from frame {doc.frame_range[0]}")
+        self._finish_form(form, "Import")
+
+    def _browse_movie(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Reference movie", "", "Movies (*.mp4 *.mov *.webm *.gif *.mkv)")
+        if path:
+            self.reference.setText(path)
+
+    def _browse_folder(self):
+        path = QFileDialog.getExistingDirectory(self, "Folder of reference frames")
+        if path:
+            self.reference.setText(path)
+
+    def start(self):
+        if not self.reference.text().strip():
+            self.status.setText("choose a reference movie or folder")
+            return
+        self._run(MotionWorker(self.reference.text().strip(), self.model.currentText(), self.doc.schema.name,
+                               self.tolerance.value() / 100, self.smooth.value(), self.device, self),
+                  "reading the reference…")
+
+    def _finished(self, timeline, report):
+        try:
+            self.doc.import_motion(timeline, report["frames"])
+        except KeyfaceError as exc:
+            self._failed(str(exc))
+            return
+        self.report = report
+        self._done(f"imported {report['keys']} keys on {report['channels_keyed']} channels for {report['frames']} "
+                   f"frames (largest error {100 * report['max_error_fraction']:.2f} % of a channel's range)")
 
 
 class MainWindow(QMainWindow):
@@ -231,7 +310,8 @@ class MainWindow(QMainWindow):
             "&File": (("&Open image…", self.open_image_dialog, "Ctrl+O"),
                       ("Open &scene…", self.open_scene_dialog, "Ctrl+Shift+O"),
                       ("&Save scene", self.save, "Ctrl+S"), ("Save scene &as…", self.save_as, "Ctrl+Shift+S"),
-                      ("&Render…", self.render_dialog, "Ctrl+R"), ("&Quit", self.close, "Ctrl+Q")),
+                      ("&Render…", self.render_dialog, "Ctrl+R"),
+                      ("Import &motion from video…", self.motion_dialog, "Ctrl+M"), ("&Quit", self.close, "Ctrl+Q")),
             "&View": (("&Full-resolution frame", self.full_frame, "Ctrl+F"), ("Fit &image", self.canvas.fit, "Ctrl+0")),
             "&Timeline": (("Play / pause", self.toggle_play, "Space"),
                           ("Next frame", lambda: self.step(1), "Right"),
@@ -446,6 +526,13 @@ class MainWindow(QMainWindow):
             return
         self.render_window = RenderDialog(self.doc, self.device, self)
         self.render_window.show()
+
+    def motion_dialog(self):
+        if self.doc.image is None:
+            self.show_error("open an image first: the motion becomes its keys", dialog=True)
+            return
+        self.motion_window = MotionDialog(self.doc, self.device, self)
+        self.motion_window.show()
 
     def show_error(self, msg, dialog: bool = False):
         """Status bar, and for errors that stop an action a message box (window-modal, never blocking the loop)."""

@@ -146,3 +146,47 @@ class RenderWorker(QObject):
         except KeyboardInterrupt:
             pass
         return run.written
+
+
+class MotionWorker(QObject):
+    """Motion from a reference clip (:mod:`keyface.core.motion`) off the UI thread: progress per frame, cancel; the
+    keys come back reduced, in the document's schema."""
+
+    progress = pyqtSignal(int, int)
+    finished = pyqtSignal(object, object)  # the keys (a Timeline), the report (keys, frames, largest error)
+    failed = pyqtSignal(str)
+
+    def __init__(self, reference, model_id: str, schema: str, tolerance: float, smooth: float, device="cpu",
+                 parent=None):
+        super().__init__(parent)
+        self.args = (reference, model_id, schema, tolerance, smooth, device)
+        self._cancel = threading.Event()
+        self._thread = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="keyface-motion", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout=None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from keyface.core.models import get_model
+        from keyface.core.motion import keys_to_scene, read_reference, reference_keys
+
+        reference, model_id, schema, tolerance, smooth, device = self.args
+        try:
+            runtime = get_model(model_id).load(device)
+            frames, fps = read_reference(reference)
+            values = reference_keys(runtime, frames, None, smooth, lambda d, t: self.progress.emit(d, t),
+                                    self._cancel.is_set)
+            scene, report = keys_to_scene(values, runtime.schema, schema, tolerance, "", model_id, fps or 24.0)
+            self.finished.emit(scene.timeline, {**report, "fps": fps})
+        except KeyfaceError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:
+            self.failed.emit(f"reading motion failed: {exc}")

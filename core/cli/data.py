@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import KeyfaceError
 from .common import positive, positive_int, progress_bar
 
 
 def cmd_synth(args, out) -> int:
+    if args.clip:
+        from ..synth.sheet import render_clip
+
+        if not args.out:
+            raise KeyfaceError("--clip writes its frames into --out DIR")
+        n = render_clip(args.clip, args.out, seed=args.seed, size=args.size, framing=args.framing)
+        out.write(f"wrote {args.out}: character {args.seed} following {args.clip}, {n} frames at {args.size}²\n")
+        return 0
     if args.sheet:
         from ..imageio import write_image
         from ..synth.sheet import contact_sheet
@@ -68,6 +77,9 @@ def add(cmds) -> None:
     what.add_argument("--out", metavar="DIR", help="dataset folder (sharded .npz + manifest.json; resumes)")
     what.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet instead: characters at rest and in "
                                                          "8 poses")
+    y.add_argument("--clip", metavar="SCENE.json", help="with --out: render one character (--seed) following a scene's "
+                                                        "keys (any schema, through the character rig) as a folder "
+                                                        "of frames (a reference clip with exact ground truth)")
     y.add_argument("--characters", type=int, default=16, help="number of characters (default 16)")
     y.add_argument("--poses-per-character", type=int, default=20, help="posed samples per character (default 20)")
     y.add_argument("--size", type=int, default=128, help="square image size in pixels (default 128; sheet: 256)")

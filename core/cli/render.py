@@ -230,6 +230,48 @@ def cmd_pose(args, out) -> int:
     return 0
 
 
+def cmd_keys_from_video(args, out) -> int:
+    import os
+    from pathlib import Path
+
+    from ..box import Box
+    from ..imageio import write_image
+    from ..models import get_model
+    from ..motion import keys_to_scene, read_reference, reference_keys
+    from ..scene import save_scene
+
+    if not 0 < args.tolerance < 1:
+        raise KeyfaceError("--tolerance is a fraction of each channel's range, in (0, 1)")
+    if args.smooth < 0:
+        raise KeyfaceError("--smooth must be ≥ 0 frames")
+    info = get_model(args.model)
+    runtime = info.load(args.device)
+    if not runtime.has_motion:
+        raise KeyfaceError(f"model {args.model} does not read motion from a reference (use e.g. stylemap-kp)")
+    frames, fps = read_reference(args.reference, args.max_frames)
+    bar, move = progress_bar("frames", "frame", args.quiet, len(frames))
+    try:
+        values = reference_keys(runtime, frames, Box.parse(args.box) if args.box else None, args.smooth,
+                                move)
+    finally:
+        bar.close()
+    scene_path = Path(args.out)
+    if args.source:
+        source = os.path.relpath(Path(args.source).resolve(), scene_path.resolve().parent)
+    else:  # the reference's first frame, so the scene renders the reference's own character
+        first = scene_path.with_name(scene_path.stem + ".reference.png")
+        write_image(first, frames[0])
+        source = first.name
+        out.write(f"wrote {first} (the reference's first frame: the scene's source; --source sets another)\n")
+    scene, report = keys_to_scene(values, info.schema.name, args.schema or info.schema.name, args.tolerance,
+                                  source, args.model, args.fps or fps or 24.0)
+    save_scene(scene, scene_path)
+    out.write(f"wrote {scene_path}: {report['keys']} keys on {report['channels_keyed']} channels for "
+              f"{report['frames']} frames ({scene.schema.name}); largest error of the reduced curves "
+              f"{report['max_error']:.4g} ({100 * report['max_error_fraction']:.2f} % of a channel's range)\n")
+    return 0
+
+
 def cmd_sheet(args, out) -> int:
     from ..imageio import write_image
     from ..models import available_models
@@ -250,9 +292,25 @@ def cmd_strip(args, out) -> int:
     from ..box import Box
     from ..imageio import write_image
     from ..rig import character_schema
-    from ..sheet import INTENTS, intent_values, interpolation_strip
+    from ..sheet import INTENTS, intent_values, interpolation_strip, scene_strip
 
     models = [m for m in args.models.split(",") if m]
+    if args.scene:
+        if args.intent or args.set:
+            raise KeyfaceError("give a --scene, or an --intent or --set values, not both")
+        from ..motion import read_reference
+        from ..scene import load_scene
+
+        reference = read_reference(args.reference)[0] if args.reference else None
+        strip = scene_strip(args.image, models, load_scene(args.scene), args.frames, args.size,
+                            Box.parse(args.box) if args.box else None, args.device, reference,
+                            Box.parse(args.reference_box) if args.reference_box else None)
+        write_image(args.out, strip)
+        out.write(f"wrote {args.out}: {len(models) + (reference is not None)} row(s) × {args.frames} frames of "
+                  f"{args.scene}\n")
+        return 0
+    if args.reference:
+        raise KeyfaceError("--reference goes with --scene")
     if args.intent and args.set:
         raise KeyfaceError("give an --intent or --set values, not both")
     if args.set:
@@ -287,6 +345,25 @@ def add(cmds) -> None:
     m.add_argument("--schema", metavar="NAME", help="list one schema's channels and what its converter drops")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(run=cmd_models)
+
+    kv = sub.add_parser("keys-from-video", help="read a reference clip's head pose and expression and write them as "
+                                                 "editable keys of a scene")
+    kv.add_argument("reference", metavar="REFERENCE", help="a movie (mp4, mov, webm, gif) or a folder of frames")
+    kv.add_argument("--model", default="stylemap-kp", help="a model that reads motion (default stylemap-kp)")
+    kv.add_argument("--out", required=True, metavar="SCENE.json")
+    kv.add_argument("--schema", metavar="NAME", help="the keys' schema: kp (default: the model's), character, tha45, "
+                                                     "au17, … (converted through the character rig)")
+    kv.add_argument("--tolerance", type=float, default=0.005,
+                    help="largest error of the reduced curves, as a fraction of each channel's range (default 0.005)")
+    kv.add_argument("--smooth", type=float, default=1.0, help="Gaussian smoothing over frames (σ; 0: none)")
+    kv.add_argument("--source", metavar="IMAGE", help="the character the scene animates (default: the reference's "
+                                                      "first frame, written beside the scene)")
+    kv.add_argument("--box", metavar="x,y,w,h", help="the reference's face box (default: the model's, on frame 0)")
+    kv.add_argument("--fps", type=positive, help="frame rate (default: the movie's, or 24 for a folder)")
+    kv.add_argument("--max-frames", type=positive_int, help="read at most this many frames")
+    kv.add_argument("--device", default="cpu")
+    kv.add_argument("--quiet", action="store_true", help="no progress bar")
+    kv.set_defaults(run=cmd_keys_from_video)
 
     s = sub.add_parser("scene", help="work with scene files")
     ssub = s.add_subparsers(dest="scene_command", required=True, metavar="ACTION")
@@ -370,12 +447,18 @@ def add(cmds) -> None:
     sh.add_argument("--out", required=True, help="the sheet (.png), written atomically")
     sh.set_defaults(run=cmd_sheet)
 
-    st = sub.add_parser("strip", help="key-to-key continuity: each model's frames from rest to a target, side by side")
+    st = sub.add_parser("strip", help="key-to-key continuity: each model's frames from rest to a target (or along a "
+                                      "scene's keys), side by side")
     st.add_argument("image", metavar="IMAGE")
     st.add_argument("--models", required=True, metavar="A,B", help="models, one row each (e.g. f3a-3dmm,tha3)")
     st.add_argument("--intent", metavar="NAME", help="blink, open mouth, smile or head turn (default: open mouth)")
     st.add_argument("--set", type=set_arg, action="append", metavar="CHANNEL=VALUE",
                     help="the target in the character rig instead of an intent (repeatable)")
+    st.add_argument("--scene", metavar="SCENE.json", help="the keys of a scene instead of rest → target (e.g. from "
+                                                          "keyface keys-from-video), sampled over its frame range")
+    st.add_argument("--reference", metavar="MOVIE|FOLDER", help="with --scene: a clip shown as the first row (the "
+                                                                "reference the keys were read from)")
+    st.add_argument("--reference-box", metavar="x,y,w,h", help="the reference's face box (default: detected)")
     st.add_argument("--frames", type=positive_int, default=8, help="frames from rest to the target (default 8)")
     st.add_argument("--size", type=positive_int, default=160, help="tile side in pixels (default 160)")
     st.add_argument("--box", metavar="x,y,w,h", help="the face box (default: detected, or THA's for a 512² image)")

@@ -125,10 +125,14 @@ LANDMARK_NAMES: list[str] = (
        "mouth_lo_mid", "mouth_lo_1"])
 N_LANDMARKS = len(LANDMARK_NAMES)
 CONTOUR_ANGLES = np.linspace(math.radians(-10), math.radians(190), 9)
-# 15 of them are the canonical keypoints of the ``kp`` schema (seed 003's K = 15)
-KP_LANDMARKS = ("contour_0", "contour_4", "contour_8", "brow_right_2", "brow_left_2", "eye_right_outer",
-                "eye_right_inner", "eye_left_inner", "eye_left_outer", "nose_tip", "mouth_corner_right",
-                "mouth_up_mid", "mouth_corner_left", "mouth_lo_mid", "iris_left")
+# 15 of them are the canonical keypoints of the ``kp`` schema (seed 003's K = 15), chosen so that every expression
+# that moves a landmark moves a keypoint: two rigid anchors (cheek, nose tip), the gaze (right iris), each brow's two
+# ends (raise, lower, angle), each eye's upper and lower lid (blink, eye smile, wide), and the mouth's corners and
+# lip middles (open, wide, round, smile, frown). Their deltas span 14 of the 19 expression directions; iris size moves
+# no landmark, and opposite channels (raise/lower, smile/frown, …) share a direction.
+KP_LANDMARKS = ("contour_0", "nose_tip", "iris_right", "brow_right_0", "brow_right_4", "brow_left_0", "brow_left_4",
+                "eye_right_up_1", "eye_right_lo_1", "eye_left_up_1", "eye_left_lo_1", "mouth_corner_right",
+                "mouth_corner_left", "mouth_up_mid", "mouth_lo_mid")
 
 
 def _landmarks_2d(f: dict) -> list[tuple]:

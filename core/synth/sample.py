@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..rig import EXPRESSION_CHANNELS, character_schema, convert, get_schema, make_3dmm_converter
+from ..rig import character_schema, convert, get_schema, make_3dmm_converter
 from . import face as fm
 from .character import Character
 from .render import MASK_PARTS, REST, Placement, Renderer
@@ -41,19 +41,12 @@ def engine_3dmm_converter():
 def schema_params(char: Character, values: dict, neck_shift=(0.0, 0.0)) -> dict[str, np.ndarray]:
     """The pose in every generator schema. ``3dmm`` uses the engine's model (``3dmm:KxL``, α_id = the character's
     identity coefficients, α_exp = its expression channels); ``kp`` gets the engine's exact expression deltas of its 15
-    canonical keypoints (head-box units: the box side is 1)."""
+    canonical keypoints (head-box units: the box side is 1; :func:`keyface.core.rig.kp_expression_basis`)."""
     vec = character_vector(values)
     out = {name: convert(vec, "character", name).astype(np.float32) for name in ("pose5", "tha45", "au17")}
     kp_schema = get_schema("kp")
-    kp = convert(vec, "character", "kp")
-    _, _, a_exp = fm.linear_model()
-    e = np.array([values.get(n, 0.0) for n in EXPRESSION_CHANNELS])
-    delta = (a_exp @ e) / 2.0  # (N, 3) in head-box units
+    kp = convert(vec, "character", "kp")  # expression deltas: the engine's exact keypoint motion
     names = kp_schema.names
-    for k, lm in enumerate(fm.KP_LANDMARKS):
-        i = fm.LANDMARK_NAMES.index(lm)
-        for j, axis in enumerate("xyz"):
-            kp[names.index(f"exp_{k:02d}_{axis}")] = np.clip(delta[i, j], -0.5, 0.5)
     kp[names.index("tx")], kp[names.index("ty")] = neck_shift[0] / 2.0, neck_shift[1] / 2.0
     out["kp"] = kp.astype(np.float32)
     s3 = get_schema(ENGINE_3DMM)

@@ -1,7 +1,7 @@
 """CPTNet — Cascade Pose Transform Network (seed 000): face stage (mask generator) + head stage (cascaded mask branch,
 grid branch, fusion) on head crops (the paper: 256²; the shipped model: 128²) driven by its own schema ``pose5``
 (:mod:`.schema`), lifted by ResWarp with the grid branch's field and the fusion mask. Its working region is the head
-crop around the face box (:func:`keyface.core.methods.cptnet.runtime.head_box`).
+crop around the face box (:func:`keyface.core.box.head_crop`).
 
 Ships ``cptnet-pose5`` (``weights/cptnet_pose5.safetensors`` with its JSON config and ``MODEL_CARD.md``); listed only
 when the weights are present. Importing this package does not import torch."""

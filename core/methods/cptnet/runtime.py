@@ -15,20 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...box import Box
+from ...box import Box, head_crop
 from ...generator import Generated, Generator
 from ...pixels import float_to_net, from_net
 from ...weights import pick_device
 from .networks import drive, load_generator
-
-
-def head_box(face: Box, width: int, height: int) -> Box:
-    """The head crop CPTNet was trained on (``keyface synth --framing head``) around a face box (x, y, side, side):
-    the square of twice the face box's side about the same centre (the face box, THA's head box, is 2 × 2 units about
-    the head's origin, the head crop 4 × 4 units about it). Where that square leaves the image it is shifted back
-    inside, and shrunk only if the image is smaller than it."""
-    x, y, w, h = Box.of(face)
-    return Box.square(x + w / 2, y + h / 2, 2 * max(w, h), width, height)
 
 
 class CPTNetRuntime(Generator):
@@ -40,8 +31,8 @@ class CPTNetRuntime(Generator):
         self.grid = (self.net.cfg.size, self.net.cfg.size)
 
     def working_box(self, face_box: Box, source: np.ndarray) -> Box:
-        """The head crop around the face box (:func:`head_box`)."""
-        return head_box(face_box, source.shape[1], source.shape[0])
+        """The head crop around the face box (:func:`keyface.core.box.head_crop`: the framing it was trained on)."""
+        return head_crop(face_box, source.shape[1], source.shape[0])
 
     @torch.inference_mode()
     def __call__(self, low: np.ndarray, values: np.ndarray) -> Generated:

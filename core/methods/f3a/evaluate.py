@@ -24,28 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ...metrics import image_metrics, mean_rows, render_rows
 from ...pipeline import FrameJob
 from ...pixels import quantise, with_alpha
-from ...rig import character_schema, convert
+from ...rig import character_schema
 from ...training import load_split
-from .trainer import evaluate_set, fit_batch, image_metrics, mean_rows, regressor_accuracy, true_params
+from .trainer import evaluate_set, fit_batch, regressor_accuracy, true_params
 
 COLUMNS = ("rest", "posed", "param_3dmm", "param_au17", "values", "rest_face_box", "char_seed")
-
-
-def _render_rows(model: str, data: dict, device: str) -> dict:
-    from ...models import get_model
-
-    runtime = get_model(model).load(device)
-    rows = []
-    for seed in np.unique(data["char_seed"]):
-        idx = np.flatnonzero(data["char_seed"] == seed)
-        job = FrameJob.prepare(data["rest"][idx[0]], runtime, tuple(int(v) for v in data["rest_face_box"][idx[0]]),
-                               device)
-        values = convert(data["values"][idx], "character", job.schema).astype(np.float32)
-        for i, frame in zip(idx, job.frames(values), strict=True):
-            rows.append(image_metrics(frame / 255.0, data["posed"][i] / 255.0))
-    return mean_rows(rows)
 
 
 def cross_identity(model: str, data: dict, pairs: int, device: str = "cpu") -> dict:
@@ -104,7 +90,7 @@ def table2(weights, data_dir, regressor=None, compare=(), pairs=None, device="cp
         rows.append({"row": f"{name}, bias-cancelled", "steps": meta.get("steps"), "weights": str(path),
                      **r["cancelled"]})
     for model in compare:
-        rows.append({"row": f"{model} (render path)", **_render_rows(model, data, device)})
+        rows.append({"row": f"{model} (render path)", **render_rows(model, data, device)})
     if cross:
         r = cross_identity(cross, data, cross_pairs, device)
         rows.append({"row": f"{cross}: cross-identity, source unchanged", **r["identity"]})

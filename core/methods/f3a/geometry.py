@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from ...box import HEAD_FACE_CENTER
 from ...errors import KeyfaceError
 from ...synth import face as fm
 
@@ -42,7 +43,7 @@ N_PARAMS = K + L + 3 + 3 + 1  # schema order: id_00…, exp_00…, pitch, yaw, r
 SL_ID, SL_EXP, SL_ANG, SL_T = slice(0, K), slice(K, K + L), slice(K + L, K + L + 3), slice(K + L + 3, K + L + 5)
 I_SCALE = N_PARAMS - 1
 ANGLE_ORDER = ("pitch", "yaw", "roll")
-FACE_CENTER = (0.5, 0.45)  # the face box centre in the crop, as fractions of its side (synth's head framing)
+FACE_CENTER = HEAD_FACE_CENTER  # the face box centre in the crop, as fractions of its side (synth's head framing)
 # feature groups weighted by L_lm (Eq. 5) and boxed for L_wp (Eq. 10): eyes (with irises), nose, mouth
 PARTS = {
     "eyes": [i for i, n in enumerate(fm.LANDMARK_NAMES) if n.startswith(("eye_", "iris_"))],

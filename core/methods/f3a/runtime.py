@@ -23,7 +23,7 @@ import hashlib
 import numpy as np
 import torch
 
-from ...box import Box
+from ...box import Box, head_crop
 from ...errors import KeyfaceError
 from ...generator import Generated, Generator
 from ...pipeline import warp_low
@@ -34,15 +34,6 @@ from . import geometry as geo
 from .networks import load_generator, load_regressor
 
 REPAINT = 0.15
-
-
-def head_crop(face: Box, width: int, height: int) -> Box:
-    """F³A's working region around a face box: the square of twice its side, placed so that the face box's centre sits
-    at (0.5, 0.45) of it (``keyface synth --framing head``), moved back inside the document where it leaves it (the
-    fit's translation absorbs the move)."""
-    x, y, w, h = Box.of(face)
-    s = max(w, h)
-    return Box.square(x + w / 2, y + h / 2 + (0.5 - geo.FACE_CENTER[1]) * 2 * s, 2 * s, width, height)
 
 
 class F3ARuntime(Generator):

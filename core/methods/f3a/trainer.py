@@ -44,9 +44,9 @@ import torch
 from ...errors import KeyfaceError
 from ...features import perceptual_loss
 from ...losses import gradient_penalty
-from ...metrics import ssim
+from ...metrics import image_metrics, mean_rows
 from ...pipeline import CANCELLED_ALPHA_EPS
-from ...pixels import from_net, over_grey, premultiply, to_net, unpremultiply
+from ...pixels import from_net, premultiply, to_net, unpremultiply
 from ...rig import character_schema
 from ...training import RunConfig, RunTrainer, load_split, validation_seeds
 from . import geometry as geo
@@ -101,16 +101,6 @@ def part_weights(src: np.ndarray, tgt: np.ndarray, size: int, extra: float, marg
             x1, y1 = np.ceil(pts.max(0) + margin).astype(int).clip(0, size)
             w[i, 0, y0:y1 + 1, x0:x1 + 1] = 1 + extra
     return w
-
-
-def image_metrics(out: np.ndarray, target: np.ndarray) -> dict:
-    """Table II's metrics on straight RGBA [0, 1] images, compared as RGB over grey: MAE, MSE, SSIM."""
-    a, b = over_grey(out), over_grey(target)
-    return {"mae": float(np.abs(a - b).mean()), "mse": float(((a - b) ** 2).mean()), "ssim": ssim(a, b)}
-
-
-def mean_rows(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def render_pairs(seeds, poses: int, size: int, seed: int = 0) -> dict:
@@ -201,12 +191,7 @@ class Trainer(RunTrainer):
 
         cfg = self.cfg
         self.gen = F3AGenerator(cfg.model).to(self.device)
-        self.gan = cfg.mode == "gan"
-        self.critic = Critic().to(self.device) if self.gan else None
-        self.modules = {"generator": self.gen, **({"critic": self.critic} if self.gan else {})}
-        self.opt_g = self.adam(self.gen.parameters())
-        self.opt_d = self.adam(self.critic.parameters()) if self.gan else None
-        self.optimizers = {"g": self.opt_g, "d": self.opt_d}
+        self.use_generator(self.gen, Critic)
         self.features = load_features(cfg.features or None, self.device) if cfg.weights.perc else None
         self.data = load_split(cfg.data, "train", ("rest", "posed", "param_3dmm", "param_au17", "values"))
         if self.data["rest"].shape[1] != cfg.model.size:

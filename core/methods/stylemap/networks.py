@@ -330,5 +330,35 @@ def flow_2d(motion: torch.Tensor, size: int) -> torch.Tensor:
     return disp * (size / 2)
 
 
-__all__ = ["ANGLE_RANGE", "BINS", "KeypointExtractor", "PoseExpressionNet", "StyleMapConfig",
-           "StyleMapGenerator", "bin_angles", "flow_2d", "keypoints", "rotation"]
+class StyleMap(nn.Module):
+    """The whole model, saved as one file: keypoint extractor, pose–expression network and generator, plus the head's
+    rotation pivot in the volume's coordinates (a buffer estimated from the engine's poses by the trainer, used by the
+    runtime to turn the head about its neck rather than about the crop's centre)."""
+
+    def __init__(self, cfg: StyleMapConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.kp = KeypointExtractor(cfg)
+        self.pose = PoseExpressionNet(cfg)
+        self.gen = StyleMapGenerator(cfg)
+        self.register_buffer("pivot", torch.zeros(3))
+
+    def detect(self, image: torch.Tensor) -> dict:
+        """Canonical keypoints c, the pose (angles, t, δ) and the final keypoints x with R of images."""
+        c = self.kp(image)
+        pose = self.pose(image)
+        x, r = keypoints(c, pose)
+        return {"c": c, **pose, "x": x, "R": r}
+
+    def forward(self, image, kp_s, kp_d, r_s, r_d) -> dict:
+        return self.gen(image, kp_s, kp_d, r_s, r_d)
+
+
+def load_model(path, device="cpu") -> StyleMap:
+    from ...weights import load_weights
+
+    return load_weights(path, lambda m: StyleMap(StyleMapConfig(**m)), "stylemap", device)
+
+
+__all__ = ["ANGLE_RANGE", "BINS", "KeypointExtractor", "PoseExpressionNet", "StyleMap", "StyleMapConfig",
+           "StyleMapGenerator", "bin_angles", "flow_2d", "keypoints", "load_model", "rotation"]

@@ -49,6 +49,8 @@ class Method:
     * ``schemas``: schemas of its own: name → (build() → Schema, converter() → rig.Converter);
     * ``teachers``: distillation teachers it offers (``keyface distill --teacher NAME[:ARG]``): name →
       factory(arg, device) → a teacher as :mod:`keyface.core.methods.tha4.distill` describes;
+    * ``adapter(info, device)``: per-character adaptation of its models (``keyface adapt``; the object
+      :mod:`keyface.core.adapt` describes), or None;
     * ``commands(cli)``: adds its sub-commands (train / eval / bench / its own jobs) to the parser groups
       (:class:`keyface.core.cli.common.Commands`), e.g. ``keyface train NAME`` whose progress bar shows the loss
       names its ``cli`` module lists (``PROGRESS_KEYS``).
@@ -62,6 +64,7 @@ class Method:
     install: Mapping[str, str] = field(default_factory=dict)
     schemas: Mapping[str, tuple[Callable, Callable]] = field(default_factory=dict)
     teachers: Mapping[str, Callable] = field(default_factory=dict)
+    adapter: Callable | None = None
     commands: Callable | None = None
 
 

@@ -132,6 +132,9 @@ class FrameJob:
             if gen.weight is not None:
                 weights = np.clip(1 + gen.weight - self._rest.weight, 0, 1).astype(np.float32)
         rest_frames = (values == rest_values).all(axis=1)  # exactly the rest pose: exactly the source (no float noise)
+        # unpremultiplying a nearly transparent sum gives colours far outside [0, 1]; integer sources are clipped by
+        # their quantisation, float ones (32-bit documents) here
+        result[~rest_frames] = np.clip(result[~rest_frames], 0, 1)
         result[rest_frames] = low
         flows[rest_frames] = 0
         if weights is not None:

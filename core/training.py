@@ -39,20 +39,30 @@ VALIDATION_STREAM = 0x7A11D  # seed of the validation characters' seed stream
 
 
 
+def data_roots(data) -> list[str]:
+    """A run's ``data``: one dataset folder, or several separated by commas (``--data SYNTH,CORPUS``)."""
+    roots = [r.strip() for r in str(data).split(",") if r.strip()]
+    if not roots:
+        raise KeyfaceError("no dataset given (--data DIR[,DIR…])")
+    return roots
+
+
 def load_split(root, split: str, columns) -> dict[str, np.ndarray]:
-    """The named columns of a written dataset's split (``keyface synth``), concatenated over its shards, in memory."""
+    """The named columns of a written dataset's split (``keyface synth``, ``keyface corpus``), concatenated over its
+    shards, in memory; ``root`` may name several datasets (:func:`data_roots`), concatenated in that order."""
     from .synth.dataset import ShardDataset
 
-    ds = ShardDataset(root, split, cache_shards=1)
-    if len(ds) == 0:
-        raise KeyfaceError(f"the {split} split of {root} is empty")
     cols: dict[str, list] = {k: [] for k in columns}
-    for name in ds.shards:
-        shard = ds._shard(name)
-        for k in columns:
-            if k not in shard:
-                raise KeyfaceError(f"{root} has no column {k!r} (written by an older keyface synth?)")
-            cols[k].append(shard[k])
+    for folder in data_roots(root):
+        ds = ShardDataset(folder, split, cache_shards=1)
+        if len(ds) == 0:
+            raise KeyfaceError(f"the {split} split of {folder} is empty")
+        for name in ds.shards:
+            shard = ds._shard(name)
+            for k in columns:
+                if k not in shard:
+                    raise KeyfaceError(f"{folder} has no column {k!r} (written by an older keyface synth?)")
+                cols[k].append(shard[k])
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
@@ -80,6 +90,14 @@ def validation_seeds(manifest: dict, n: int) -> list[int]:
         if s not in used and s not in seeds:
             seeds.append(s)
     return seeds
+
+
+def validation_characters(manifest: dict, n: int) -> list[tuple[int, str]]:
+    """``n`` validation characters (seed, style family): seeds in neither split, families cycling over the dataset's
+    test families (``keyface synth --test-styles``: a style training never saw), ``cel`` for older datasets."""
+    cfg = manifest.get("config", {})
+    families = list(cfg.get("test_styles") or cfg.get("styles") or ["cel"])
+    return [(s, families[i % len(families)]) for i, s in enumerate(validation_seeds(manifest, n))]
 
 
 # ------------------------------------------------------------------------------------------------------ weights

@@ -230,15 +230,17 @@ def test_wink_share_fills_batches_with_one_eye_pairs(tiny_data, tiny_features, t
     shard = sorted((data / "train").glob("*.npz"))[0]
     cols = dict(np.load(shard))
     cols["param_pose5"][:2, :2] = [[0.0, 1.0], [1.0, 0.2]]
+    cols["param_pose5"][2:5, :3] = [1.0, 1.0, 0.8]  # three open mouths, eyes open
     np.savez(shard, **cols)
-    tr = Trainer(_cfg(data, tiny_features[0], mode="supervised", batch=8, wink_share=0.25, expression_share=0.5),
-                 tmp_path / "b", device="cpu", log=lambda m: None)
+    tr = Trainer(_cfg(data, tiny_features[0], mode="supervised", batch=8, wink_share=0.25, expression_share=0.25,
+                      mouth_share=0.25), tmp_path / "b", device="cpu", log=lambda m: None)
     wink = np.abs(tr.d[:, 0] - tr.d[:, 1]) > WINK
+    mouth = np.abs(tr.d[:, 2]) > 0.1
     moving = np.abs(tr.d[:, :3]).max(axis=1) > 0.1
-    assert wink.sum() == 2
+    assert wink.sum() == 2 and mouth.sum() >= 3
     for k in range(20):
         idx = tr.batch_indices(k)
-        assert len(idx) == 8 and wink[idx[:2]].all() and moving[idx[2:6]].all()
+        assert len(idx) == 8 and wink[idx[:2]].all() and mouth[idx[2:4]].all() and moving[idx[4:6]].all()
         assert np.array_equal(idx, tr.batch_indices(k))
     with pytest.raises(KeyfaceError, match="sum at most 1"):
         Trainer(_cfg(data, tiny_features[0], mode="supervised", wink_share=0.6, expression_share=0.6),

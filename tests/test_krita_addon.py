@@ -338,3 +338,32 @@ def test_render_can_also_export_a_movie_beside_the_document(app, character, tmp_
     assert "painting_Background_3-7.mp4" in panel.last_message[0]
     with av.open(str(movie)) as m:
         assert sum(1 for _ in m.decode(video=0)) == 5 and m.streams.video[0].average_rate == 24
+
+
+def test_panel_adapts_the_model_to_the_layer(app, tmp_path):
+    # "Adapt to this character": the chosen layer's pixels, the teacher's renders, a fine-tuned copy saved beside the
+    # document and picked in the docker; the layer is not touched
+    from fake_teacher import registered_pair
+
+    pr = PairRenderer(sample_character(3), (256, 256))
+    img = quantise(pr.rest.image)
+    doc = fake_krita.Document(256, 256, pixels=img.copy())
+    doc.file_name = str(tmp_path / "me.kra")
+    with registered_pair(tmp_path) as (teacher, student):
+        panel = _panel(app, doc)
+        panel.editor.set_model(student)
+        panel.editor.set_face_box(tuple(pr.face_box(Pose(dict(REST)))))
+        panel.adapt_minutes.setMinimum(0.1)
+        panel.adapt_minutes.setValue(0.15)
+        done = []
+        panel.adaptFinished.connect(done.append)
+        panel.adapt()
+        assert panel.busy and not panel.render_button.isEnabled()
+        panel.render()  # refused while adapting: a message, not a second job
+        assert "already running" in panel.last_message[0]
+        _wait(app, lambda: not panel.busy, 300)
+    want = f"atw-au17:{tmp_path / 'me-test-atw-student-adapted'}"
+    assert done == [want], panel.last_message
+    assert panel.models.currentText() == want and "PSNR against test-teacher" in panel.last_message[0]
+    assert (tmp_path / "me-test-atw-student-adapted" / "atw_au17.safetensors").is_file()
+    assert np.array_equal(doc.source.pixels, img) and not doc.imported

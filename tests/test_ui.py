@@ -392,3 +392,46 @@ def test_import_motion_from_video(app, window, tmp_path, monkeypatch):
     got = doc.timeline.sample(np.arange(60))[:, doc.schema.index("AU26")]
     assert np.abs(got - want).max() <= 0.005 * 5 + 1e-9  # within the tolerance (0.5 % of AU26's 0–5 range)
     assert want[-1] > 2  # the mouth really opened
+
+
+def test_adapt_to_this_character(app, tmp_path):
+    # the dialog lists the adaptable models and the teachers; cancel while the teacher renders writes nothing; a run
+    # adds the adapted model (atw-au17:FOLDER) to the window's picker and picks it
+    from fake_teacher import registered_pair
+
+    from keyface.core.imageio import write_image
+    from keyface.core.pixels import quantise
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.face import Pose
+    from keyface.core.synth.render import FRAMINGS, REST
+    from keyface.core.synth.sample import PairRenderer
+    from keyface.ui.main_window import AdaptDialog, MainWindow
+
+    pr = PairRenderer(sample_character(3), (256, 256), FRAMINGS["full"])
+    write_image(tmp_path / "me.png", quantise(pr.rest.image))
+    with registered_pair(tmp_path) as (teacher, student):
+        w = MainWindow()
+        assert w.open_path(tmp_path / "me.png")
+        w.doc.set_face_box(pr.face_box(Pose(dict(REST))))
+        dlg = AdaptDialog(w.doc, parent=w, on_model=w.add_model)
+        models_listed = [dlg.model.itemText(i) for i in range(dlg.model.count())]
+        assert student in models_listed and teacher not in models_listed
+        assert teacher in [dlg.teacher.itemText(i) for i in range(dlg.teacher.count())]
+        dlg.model.setCurrentText(student)
+        dlg.teacher.setCurrentText(teacher)
+        dlg.minutes.setValue(1.0)
+        dlg.folder.setText(str(tmp_path / "cancelled"))
+        dlg.start()
+        dlg.cancel()
+        assert _wait(app, lambda: dlg.worker is None, 120)
+        assert dlg.record is None and "cancelled" in dlg.status.text() and not (tmp_path / "cancelled").exists()
+        dlg.minutes.setMinimum(0.1)
+        dlg.minutes.setValue(0.15)
+        dlg.folder.setText(str(tmp_path / "adapted"))
+        dlg.start()
+        assert _wait(app, lambda: dlg.worker is None, 300)
+        assert dlg.record is not None, dlg.status.text()
+        assert w.models.currentText() == f"atw-au17:{tmp_path / 'adapted'}" == w.doc.model_id
+        assert "PSNR against test-teacher" in dlg.status.text()
+        w.doc.dirty = False
+        w.close()

@@ -39,7 +39,7 @@ from .canvas import Canvas, to_qimage
 from .document import EditorDocument
 from .params import ParameterPanel
 from .timeline_view import CurveView, DopeSheet
-from .workers import MotionWorker, PreviewEngine, RenderWorker
+from .workers import AdaptWorker, MotionWorker, PreviewEngine, RenderWorker
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff)"
 SCENE_FILTER = "keyface scenes (*.json)"
@@ -232,6 +232,68 @@ class MotionDialog(WorkerDialog):
                    f"frames (largest error {100 * report['max_error_fraction']:.2f} % of a channel's range)")
 
 
+class AdaptDialog(WorkerDialog):
+    """*Adapt to this character…*: fine-tune a copy of a fast model on a teacher's (THA3's) renders of the open image
+    (:mod:`keyface.core.adapt`), with progress per phase and cancel; the result is added to the model picker."""
+
+    PHASES = {"render": "the teacher renders this character", "fit": "fine-tuning", "evaluate": "measuring"}
+
+    def __init__(self, doc: EditorDocument, device: str = "cpu", parent=None, on_model=None):
+        from keyface.core.adapt import adaptable_models, teacher_models
+
+        super().__init__(parent)
+        self.setWindowTitle("Adapt to this character")
+        self.doc, self.device, self.on_model, self.record = doc, device, on_model, None
+        form = QFormLayout(self)
+        self.model = QComboBox()
+        self.model.addItems([m.id for m in adaptable_models()])
+        if doc.model_id and self.model.findText(doc.model_id) >= 0:
+            self.model.setCurrentText(doc.model_id)
+        form.addRow("Model", self.model)
+        self.teacher = QComboBox()
+        self.teacher.addItems([m.id for m in teacher_models()])
+        self.teacher.setToolTip("the slow general poser whose renders of this character the copy learns")
+        form.addRow("Teacher", self.teacher)
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setRange(1.0, 240.0)
+        self.minutes.setValue(10.0)
+        self.minutes.setSuffix(" min")
+        self.minutes.setToolTip("wall time: the teacher's renders first, then fine-tuning")
+        form.addRow("Time", self.minutes)
+        stem = doc.source_path.stem if doc.source_path else "character"
+        base = doc.source_path.parent if doc.source_path else Path.cwd()
+        self.folder = QLineEdit(str(base / f"{stem}-{self.model.currentText() or 'model'}-adapted"))
+        form.addRow("Save as", self.folder)
+        self.status = QLabel("" if self.model.count() and self.teacher.count() else
+                             "needs an adaptable model and a teacher (install THA3: bin/setup)")
+        self._finish_form(form, "Adapt")
+        self.start_button.setEnabled(bool(self.model.count() and self.teacher.count()))
+
+    def start(self):
+        folder = self.folder.text().strip()
+        if not folder:
+            self.status.setText("choose a folder for the adapted model")
+            return
+        name = self.doc.source_path.name if self.doc.source_path else ""
+        self._run(AdaptWorker(self.model.currentText(), self.doc.image, folder, self.doc.face_box,
+                              self.teacher.currentText(), self.minutes.value(), self.device, self, source_name=name),
+                  "starting…")
+
+    def _progress(self, phase, done, total):
+        self.bar.setMaximum(1000)
+        self.bar.setValue(int(1000 * done / max(total, 1e-9)))
+        self.status.setText(self.PHASES.get(phase, phase) + "…")
+
+    def _finished(self, model_id, record):
+        self.record = record
+        e = record["evaluation"]
+        if self.on_model is not None:
+            self.on_model(model_id)
+        self._done(f"{model_id}: head-region PSNR against {record['teacher']} {e['adapted']['psnr_vs_teacher']:.1f} dB "
+                   f"(before: {e['base']['psnr_vs_teacher']:.1f} dB), {e['speedup']:.0f}× its speed"
+                   + (" — cancelled early" if record["cancelled"] else ""))
+
+
 class MainWindow(QMainWindow):
     def __init__(self, device: str = "cpu"):
         super().__init__()
@@ -311,7 +373,9 @@ class MainWindow(QMainWindow):
                       ("Open &scene…", self.open_scene_dialog, "Ctrl+Shift+O"),
                       ("&Save scene", self.save, "Ctrl+S"), ("Save scene &as…", self.save_as, "Ctrl+Shift+S"),
                       ("&Render…", self.render_dialog, "Ctrl+R"),
-                      ("Import &motion from video…", self.motion_dialog, "Ctrl+M"), ("&Quit", self.close, "Ctrl+Q")),
+                      ("Import &motion from video…", self.motion_dialog, "Ctrl+M"),
+                      ("&Adapt to this character…", self.adapt_dialog, "Ctrl+Shift+A"),
+                      ("&Quit", self.close, "Ctrl+Q")),
             "&View": (("&Full-resolution frame", self.full_frame, "Ctrl+F"), ("Fit &image", self.canvas.fit, "Ctrl+0")),
             "&Timeline": (("Play / pause", self.toggle_play, "Space"),
                           ("Next frame", lambda: self.step(1), "Right"),
@@ -533,6 +597,19 @@ class MainWindow(QMainWindow):
             return
         self.motion_window = MotionDialog(self.doc, self.device, self)
         self.motion_window.show()
+
+    def adapt_dialog(self):
+        if self.doc.image is None:
+            self.show_error("open an image first: the model is adapted to its character", dialog=True)
+            return
+        self.adapt_window = AdaptDialog(self.doc, self.device, self, on_model=self.add_model)
+        self.adapt_window.show()
+
+    def add_model(self, model_id: str) -> None:
+        """A model made in this session (an adaptation): listed in the picker and picked."""
+        if self.models.findText(model_id) < 0:
+            self.models.addItem(model_id)
+        self.models.setCurrentText(model_id)
 
     def show_error(self, msg, dialog: bool = False):
         """Status bar, and for errors that stop an action a message box (window-modal, never blocking the loop)."""

@@ -86,20 +86,19 @@ class PreviewEngine(QObject):
                 self.failed.emit(f"preview failed: {exc}")
 
 
-class RenderWorker(QObject):
-    progress = pyqtSignal(int, int)
-    finished = pyqtSignal(int)     # frames written
-    failed = pyqtSignal(str)
+class ThreadWorker(QObject):
+    """A background job on its own thread: ``start``, ``cancel`` (a flag the job polls), ``cancelled``, ``wait``.
+    Subclasses define their signals and ``_run``; signals are delivered queued to the UI thread."""
 
-    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None, source=None, scheduler=None):
+    name = "keyface-worker"
+
+    def __init__(self, parent=None):
         super().__init__(parent)
-        self.args = (scene, out_dir, frames, fmt, device, source)
-        self.scheduler = scheduler or None  # a Dask scheduler's address: image frames render on that cluster
         self._cancel = threading.Event()
         self._thread = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="keyface-render", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def cancel(self) -> None:
@@ -112,6 +111,21 @@ class RenderWorker(QObject):
     def wait(self, timeout=None) -> None:
         if self._thread:
             self._thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class RenderWorker(ThreadWorker):
+    name = "keyface-render"
+    progress = pyqtSignal(int, int)
+    finished = pyqtSignal(int)     # frames written
+    failed = pyqtSignal(str)
+
+    def __init__(self, scene, out_dir, frames, fmt, device="cpu", parent=None, source=None, scheduler=None):
+        super().__init__(parent)
+        self.args = (scene, out_dir, frames, fmt, device, source)
+        self.scheduler = scheduler or None  # a Dask scheduler's address: image frames render on that cluster
 
     def _run(self) -> None:
         from keyface.core.pipeline import render_scene
@@ -148,10 +162,11 @@ class RenderWorker(QObject):
         return run.written
 
 
-class MotionWorker(QObject):
+class MotionWorker(ThreadWorker):
     """Motion from a reference clip (:mod:`keyface.core.motion`) off the UI thread: progress per frame, cancel; the
     keys come back reduced, in the document's schema."""
 
+    name = "keyface-motion"
     progress = pyqtSignal(int, int)
     finished = pyqtSignal(object, object)  # the keys (a Timeline), the report (keys, frames, largest error)
     failed = pyqtSignal(str)
@@ -160,19 +175,6 @@ class MotionWorker(QObject):
                  parent=None):
         super().__init__(parent)
         self.args = (reference, model_id, schema, tolerance, smooth, device)
-        self._cancel = threading.Event()
-        self._thread = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="keyface-motion", daemon=True)
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def wait(self, timeout=None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         from keyface.core.models import get_model
@@ -190,3 +192,32 @@ class MotionWorker(QObject):
             self.failed.emit(str(exc))
         except Exception as exc:
             self.failed.emit(f"reading motion failed: {exc}")
+
+
+class AdaptWorker(ThreadWorker):
+    """Per-character adaptation (:mod:`keyface.core.adapt`) off the UI thread: progress per phase, cancel (a cancelled
+    fine-tuning still saves what it learnt; a cancel while the teacher renders writes nothing)."""
+
+    name = "keyface-adapt"
+    progress = pyqtSignal(str, float, float)  # phase ("render", "fit", "evaluate"), done, total
+    finished = pyqtSignal(str, object)  # the adapted model's id, the record
+    failed = pyqtSignal(str)
+
+    def __init__(self, model_id: str, image, out_dir, face_box=None, teacher: str = "tha3", minutes: float = 10.0,
+                 device="cpu", parent=None, source_name: str = ""):
+        super().__init__(parent)
+        self.args = (model_id, image, out_dir, face_box, teacher, minutes, device, source_name)
+
+    def _run(self) -> None:
+        from keyface.core.adapt import adapt
+
+        model_id, image, out_dir, face_box, teacher, minutes, device, source_name = self.args
+        try:
+            record = adapt(model_id, image, out_dir, box=face_box, teacher=teacher, minutes=minutes, device=device,
+                           progress=lambda phase, done, total: self.progress.emit(phase, float(done), float(total)),
+                           should_stop=self._cancel.is_set, source_name=source_name)
+            self.finished.emit(record["model_id"], record)
+        except KeyfaceError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:
+            self.failed.emit(f"adaptation failed: {exc}")

@@ -190,6 +190,17 @@ def cache_root() -> Path:
     return Path(base) / "keyface" / "krita"
 
 
+def adapt_folder(doc, model_id: str, cache: Path | None = None) -> Path:
+    """Where *Adapt to this character* writes the adapted model: beside a saved document
+    (``<name>-<model>-adapted``), in keyface's cache for an unsaved one (named by the time)."""
+    import time
+
+    name, base = doc.fileName(), model_id.split(":")[0]
+    if name:
+        return Path(name).parent / f"{Path(name).stem}-{base}-adapted"
+    return (cache or cache_root()) / "adapted" / f"untitled-{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def plan_render(doc, node, editor, settings: DockerSettings, cache: Path | None = None) -> RenderPlan:
     """Everything checked before the background work starts. Frames go to a folder named by a hash of the pixels and
     the scene, so a cancelled or failed render resumes where it stopped."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import functools
 import traceback
+from pathlib import Path
 
 from PyQt5.QtCore import Qt, QTimer, pyqtSignal
 from PyQt5.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -36,7 +38,7 @@ from keyface.core.video import MOVIE_FORMATS
 from keyface.ui.document import EditorDocument
 from keyface.ui.params import ParameterPanel
 from keyface.ui.timeline_view import CurveView, DopeSheet
-from keyface.ui.workers import RenderWorker
+from keyface.ui.workers import AdaptWorker, RenderWorker
 
 from . import adapter
 from .adapter import DockerSettings
@@ -71,6 +73,7 @@ def _doc_key(doc) -> str | None:
 class KeyfacePanel(QWidget):
     renderFinished = pyqtSignal(str)   # name of the new animated layer
     renderFailed = pyqtSignal(str)
+    adaptFinished = pyqtSignal(str)    # the adapted model's id
 
     def __init__(self, app, parent=None, poll_ms: int = POLL_MS):
         super().__init__(parent)
@@ -81,6 +84,7 @@ class KeyfacePanel(QWidget):
         self._doc_key = "(not attached yet)"
         self._loading = False
         self.worker = None
+        self.adapt_worker = None
         self.plan = None
         self.last_message = ("", False)
         self._build()
@@ -157,6 +161,15 @@ class KeyfacePanel(QWidget):
 
         self.render_button = QPushButton("Render to new layer")
         self.render_button.setObjectName("render")
+        self.adapt_button = QPushButton("Adapt to this character")
+        self.adapt_button.setObjectName("adapt")
+        self.adapt_button.setToolTip("fine-tune a copy of the model on THA3's renders of this layer (slow: the time "
+                                     "below); the copy is saved beside the document and picked")
+        self.adapt_minutes = QDoubleSpinBox()
+        self.adapt_minutes.setObjectName("adapt_minutes")
+        self.adapt_minutes.setRange(1.0, 240.0)
+        self.adapt_minutes.setValue(10.0)
+        self.adapt_minutes.setSuffix(" min")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
@@ -164,11 +177,15 @@ class KeyfacePanel(QWidget):
         actions = QHBoxLayout()
         actions.addWidget(self.render_button)
         actions.addWidget(self.cancel_button)
+        adapt_row = QHBoxLayout()
+        adapt_row.addWidget(self.adapt_button)
+        adapt_row.addWidget(self.adapt_minutes)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.tabs, 1)
         layout.addLayout(actions)
+        layout.addLayout(adapt_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
 
@@ -191,6 +208,7 @@ class KeyfacePanel(QWidget):
         self.box_selection.clicked.connect(self.box_from_selection)
         self.box_auto.clicked.connect(self.box_automatic)
         self.render_button.clicked.connect(self.render)
+        self.adapt_button.clicked.connect(self.adapt)
         self.cancel_button.clicked.connect(self.cancel)
 
     # messages --------------------------------------------------------------------------------------------------------
@@ -363,6 +381,10 @@ class KeyfacePanel(QWidget):
     def rendering(self) -> bool:
         return self.worker is not None
 
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None or self.adapt_worker is not None
+
     def source_node(self, doc):
         node = adapter.find_node(doc, self.settings.layer) if self.settings.layer else doc.activeNode()
         if self.settings.layer and node is None:
@@ -372,8 +394,8 @@ class KeyfacePanel(QWidget):
     @guarded
     def render(self) -> None:
         """Render the keyed range of the chosen layer into a new animated layer (in the background)."""
-        if self.rendering:
-            raise KeyfaceError("a render is already running")
+        if self.busy:
+            raise KeyfaceError("a render or an adaptation is already running")
         doc = self._need_doc()
         plan = adapter.plan_render(doc, self.source_node(doc), self.editor, self.settings)
         self.plan, self._plan_doc = plan, _doc_key(doc)
@@ -395,12 +417,65 @@ class KeyfacePanel(QWidget):
         if self.worker is not None:
             self.worker.cancel()
             self.show_message("cancelling after the current frames…")
+        if self.adapt_worker is not None:
+            self.adapt_worker.cancel()
+            self.show_message("cancelling the adaptation (fine-tuning done so far is kept)…")
 
     def _done(self) -> None:
-        self.worker = None
+        self.worker = self.adapt_worker = None
         self.progress.setVisible(False)
         self.render_button.setEnabled(True)
+        self.adapt_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+
+    # adaptation ------------------------------------------------------------------------------------------------------
+    @guarded
+    def adapt(self) -> None:
+        """Adapt the picked model (or the first adaptable one) to the chosen layer's character, in the background."""
+        from keyface.core.adapt import adaptable_models, teacher_models
+
+        if self.busy:
+            raise KeyfaceError("a render or an adaptation is already running")
+        doc = self._need_doc()
+        models = [m.id for m in adaptable_models()]
+        teachers = [m.id for m in teacher_models()]
+        if not models or not teachers:
+            raise KeyfaceError("adaptation needs an adaptable model (atw-au17) and a teacher (THA3: run bin/setup)")
+        model = self.editor.model_id if self.editor.model_id in models else models[0]
+        image = adapter.read_layer(doc, self.source_node(doc))
+        out = adapter.adapt_folder(doc, model)
+        self.adapt_worker = AdaptWorker(model, image, str(out), self.editor.face_box, teachers[0],
+                                        self.adapt_minutes.value(), self.settings.device, self,
+                                        source_name=Path(doc.fileName()).name or "untitled")
+        self.adapt_worker.progress.connect(self._adapt_progress)
+        self.adapt_worker.finished.connect(self._adapt_finished)
+        self.adapt_worker.failed.connect(self._failed)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
+        self.render_button.setEnabled(False)
+        self.adapt_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.show_message(f"adapting {model} to this layer with {teachers[0]} "
+                          f"({self.adapt_minutes.value():g} min)…")
+        self.adapt_worker.start()
+
+    @guarded
+    def _adapt_progress(self, phase: str, done: float, total: float) -> None:
+        self.progress.setValue(int(1000 * done / max(total, 1e-9)))
+        what = {"render": "the teacher renders this character", "fit": "fine-tuning", "evaluate": "measuring"}
+        self.show_message(f"adapting: {what.get(phase, phase)}…")
+
+    @guarded
+    def _adapt_finished(self, model_id: str, record) -> None:
+        self._done()
+        if self.models.findText(model_id) < 0:
+            self.models.addItem(model_id)
+        self.models.setCurrentText(model_id)
+        e = record["evaluation"]
+        self.show_message(f"{model_id}: PSNR against {record['teacher']} {e['adapted']['psnr_vs_teacher']:.1f} dB "
+                          f"(before {e['base']['psnr_vs_teacher']:.1f} dB), {e['speedup']:.0f}× its speed")
+        self.adaptFinished.emit(model_id)
 
     @guarded
     def _progress(self, done: int, total: int) -> None:
@@ -440,6 +515,7 @@ class KeyfacePanel(QWidget):
 
     def shutdown(self) -> None:
         self.timer.stop()
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait(10)
+        for worker in (self.worker, self.adapt_worker):
+            if worker is not None:
+                worker.cancel()
+                worker.wait(10)

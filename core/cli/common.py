@@ -115,7 +115,8 @@ def run_training(trainer, args, out, keys) -> int:
 
 def run_args(tp, default_batch: int, default_lr_help: str, run) -> None:
     """The options every generator trainer has."""
-    tp.add_argument("--data", required=True, help="dataset folder written by keyface synth")
+    tp.add_argument("--data", required=True, help="dataset folder written by keyface synth or keyface corpus; "
+                                                  "several, comma-separated, are mixed")
     tp.add_argument("--out", required=True, help="run folder (checkpoints, log, final generator)")
     tp.add_argument("--steps", type=positive_int, default=2000, help="generator steps in all (default 2000)")
     tp.add_argument("--batch", type=positive_int, default=default_batch)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import KeyfaceError
-from .common import positive, positive_int, progress_bar
+from ..synth.character import FAMILIES
+from .common import positive, positive_int, progress_bar, write_json
 
 
 def cmd_synth(args, out) -> int:
@@ -30,7 +31,8 @@ def cmd_synth(args, out) -> int:
 
     cfg = SynthConfig(characters=args.characters, poses_per_character=args.poses_per_character, size=args.size,
                       seed=args.seed, test_fraction=args.test_fraction, framing=args.framing, poses=args.poses,
-                      project=args.project).check()
+                      project=args.project, styles=_families(args.styles),
+                      test_styles=_families(args.test_styles)).check()
     bar, progress = progress_bar("synth", "char", args.quiet, cfg.characters)
     manifest = write_dataset(args.out, cfg, workers=args.workers, progress=progress)
     bar.close()
@@ -39,6 +41,101 @@ def cmd_synth(args, out) -> int:
     out.write(f"wrote {args.out}: {n.get('train', 0)} train and {n.get('test', 0)} test pairs at "
               f"{cfg.size}² ({len(manifest['splits']['train'])} + {len(manifest['splits']['test'])} characters)\n")
     return 0
+
+
+def cmd_corpus(args, out) -> int:
+    from ..corpus import CorpusConfig, write_corpus
+
+    test = list(args.test_paintings or [])
+    cfg = CorpusConfig(teacher=args.teacher, student=args.student,
+                       paintings=list(dict.fromkeys(list(args.paintings or []) + test)), test_paintings=test,
+                       augment=args.augment,
+                       characters=args.characters, styles=_families(args.styles),
+                       test_styles=_families(args.test_styles), poses=args.poses,
+                       poses_per_image=args.poses_per_image, seed=args.seed).check()
+    bar, progress = progress_bar("corpus", "image", args.quiet)
+    manifest = write_corpus(cfg, args.out, device=args.device, progress=progress)
+    bar.close()
+    n = {split: sum(s["samples"] for s in manifest["shards"].values() if s["split"] == split) for split in ("train",
+                                                                                                          "test")}
+    out.write(f"wrote {args.out}: {n['train']} train and {n['test']} test pairs from {cfg.teacher} for "
+              f"{cfg.student} ({manifest['seconds']:.0f} s of work so far)\n")
+    return 0
+
+
+def cmd_adapt(args, out) -> int:
+    from ..adapt import adapt
+    from ..box import Box
+    from ..imageio import read_image
+
+    image = read_image(args.image)
+    bars = {}
+
+    def progress(phase, done, total):
+        if phase not in bars:
+            for bar, _ in bars.values():
+                bar.close()
+            unit = {"render": "pair", "fit": "s", "evaluate": "intent"}[phase]
+            bars[phase] = progress_bar(f"adapt: {phase}", unit, args.quiet, total)
+        bars[phase][1](round(done, 1), total)
+
+    try:
+        rec = adapt(args.model, image, args.out, box=Box.parse(args.box) if args.box else None, teacher=args.teacher,
+                    minutes=args.minutes, seed=args.seed, device=args.device, progress=progress,
+                    source_name=Path(args.image).name)
+    finally:
+        for bar, _ in bars.values():
+            bar.close()
+    e = rec["evaluation"]
+    out.write(f"wrote {args.out}: use it as --model {rec['model_id']}\n"
+              f"{rec['pairs']} teacher pairs, {rec['fit']['steps']} steps; on {e['intents']} unseen intents, head "
+              f"region PSNR vs {rec['teacher']}: {e['adapted']['psnr_vs_teacher']:.2f} dB adapted, "
+              f"{e['base']['psnr_vs_teacher']:.2f} dB before, {e['identity']['psnr_vs_teacher']:.2f} dB unchanged; "
+              f"{e['speedup']:.1f}× the teacher's speed\n")
+    return 0
+
+
+def cmd_eval_styles(args, out) -> int:
+    import numpy as np
+
+    from ..crosseval import format_tables, painting_table, style_table
+    from ..models import get_model
+
+    ids = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = {m: get_model(m).load(args.device) for m in ids}
+    families = _families(args.styles) or []
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        raise KeyfaceError(f"unknown style family {bad[0]!r} (one of {', '.join(FAMILIES)})")
+    styles = paintings = None
+    if families:
+        bar, progress = progress_bar("styles", "char", args.quiet, len(families) * args.characters)
+        styles = style_table(models, families, args.characters, args.seed, progress)
+        bar.close()
+    if args.paintings:
+        teacher = get_model(args.teacher).load(args.device)
+        bar, progress = progress_bar("paintings", "img", args.quiet, len(args.paintings))
+        rows = [] if args.sheet else None
+        paintings = painting_table(models, teacher, args.paintings, progress, rows)
+        bar.close()
+        if args.sheet:
+            from ..crosseval import ACTIONS, supports
+            from ..imageio import write_image
+
+            write_image(args.sheet, np.concatenate(rows, axis=0))
+            cols = [f"{a}: {', '.join([args.teacher] + ids)}" for a in ACTIONS if supports(teacher.schema, a)]
+            out.write(f"wrote {args.sheet}: one row per painting (head region); columns: the painting, then "
+                      f"{'; '.join(cols)}\n")
+    out.write(format_tables(styles, paintings, families, args.teacher) + "\n")
+    if args.json:
+        write_json(args.json, {"models": ids, "styles": families, "characters_per_style": args.characters,
+                               "seed": args.seed, "teacher": args.teacher, "paintings": list(args.paintings or []),
+                               "held_out_styles": styles, "paintings_vs_teacher": paintings})
+    return 0
+
+
+def _families(text):
+    return [f.strip() for f in text.split(",") if f.strip()] if text else None
 
 
 def cmd_train_features(args, out) -> int:
@@ -92,9 +189,67 @@ def add(cmds) -> None:
                    help="expression: head and body stay at rest (expression generators); rotation: the face stays at "
                         "rest (THA's body rotator)")
     y.add_argument("--project", metavar="SCHEMA", help="keep only expressions this schema represents (e.g. au17)")
+    y.add_argument("--styles", metavar="F1,F2", help="style families of the training characters (default cel; "
+                                                      f"families: {', '.join(FAMILIES)})")
+    y.add_argument("--test-styles", metavar="F1,F2", help="style families of the test characters (default: the "
+                                                          "training ones); disjoint ones hold whole styles out")
     y.add_argument("--workers", type=int, help="processes (default: one per core)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(run=cmd_synth)
+
+    c = cmds.top.add_parser("corpus", help="a teacher corpus: pairs whose targets are a teacher generator's renders "
+                                           "(e.g. THA3) of paintings and synthetic characters, cut for a student")
+    c.add_argument("--out", required=True, metavar="DIR", help="corpus folder (the synth layout; resumes)")
+    c.add_argument("--teacher", default="tha3", help="the generator whose renders are the targets (default tha3)")
+    c.add_argument("--student", default="atw-au17", help="the model the pairs are cut for: its region, grid and "
+                                                         "schema (default atw-au17)")
+    c.add_argument("--paintings", nargs="+", metavar="IMG", help="paintings in the teacher's framing (THA: 512², "
+                                                                 "head box x 192–320, y 64–192)")
+    c.add_argument("--test-paintings", nargs="+", metavar="IMG", help="paintings for the test split only "
+                                                                      "(unaugmented)")
+    c.add_argument("--augment", type=int, default=4, help="augmented copies per training painting (default 4)")
+    c.add_argument("--characters", type=int, default=0, help="synthetic characters (default 0)")
+    c.add_argument("--styles", metavar="F1,F2", help="their style families (training)")
+    c.add_argument("--test-styles", metavar="F1,F2", help="the test characters' style families")
+    c.add_argument("--poses", choices=("all", "expression", "rotation"), default="expression",
+                   help="pose set (as keyface synth; default expression)")
+    c.add_argument("--poses-per-image", type=int, default=16, help="intents per input image (default 16)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(run=cmd_corpus)
+
+    a = cmds.top.add_parser("adapt", help="adapt a fast model to one character: fine-tune a copy on a teacher's "
+                                          "renders of it (use the result as MODEL:FOLDER)")
+    a.add_argument("--model", required=True, help="the model to adapt (e.g. atw-au17)")
+    a.add_argument("--image", required=True, help="the character (THA framing for the THA3 teacher, or give --box)")
+    a.add_argument("--box", metavar="x,y,w,h", help="the face box (default: the teacher's, e.g. THA's for a 512² "
+                                                   "image, or detected)")
+    a.add_argument("--teacher", default="tha3", help="the generator whose renders it learns (default tha3)")
+    a.add_argument("--minutes", type=positive, default=10.0, help="wall-time budget: teacher renders, then "
+                                                                  "fine-tuning (default 10)")
+    a.add_argument("--out", required=True, metavar="DIR", help="the adapted model folder")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(run=cmd_adapt)
+
+    es = cmds.eval.add_parser("styles", help="per model and action: gain over the unchanged image on characters of "
+                                             "held-out style families (exact ground truth), and PSNR against a "
+                                             "teacher on paintings; head region, full render path")
+    es.add_argument("--models", required=True, help="comma-separated model ids (e.g. atw-au17,cptnet-pose5,"
+                                                     "atw-au17:FOLDER)")
+    es.add_argument("--styles", metavar="F1,F2", help=f"style families to test on ({', '.join(FAMILIES)})")
+    es.add_argument("--characters", type=positive_int, default=8, help="characters per style family (default 8)")
+    es.add_argument("--paintings", nargs="+", metavar="IMG", help="THA-framed paintings, compared with --teacher")
+    es.add_argument("--teacher", default="tha3", help="the paintings' reference generator (default tha3)")
+    es.add_argument("--seed", type=int, default=0)
+    es.add_argument("--sheet", metavar="FILE.png", help="with --paintings: a contact sheet of the head regions "
+                                                        "(the painting, then per action the teacher and each model)")
+    es.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
+    es.add_argument("--device", default="cpu")
+    es.add_argument("--quiet", action="store_true", help="no progress bars")
+    es.set_defaults(run=cmd_eval_styles)
 
     tv = cmds.train.add_parser("features", help="the VGG19-shaped feature network for perceptual losses, on a "
                                                 "synthetic dataset (identity classification + rig regression)")

@@ -28,7 +28,7 @@ from ..errors import KeyfaceError
 from ..io import atomic_write_bytes, atomic_write_text
 from ..pixels import quantise
 from ..rig import character_schema, convert, get_schema
-from .character import sample_character
+from .character import FAMILIES, sample_character
 from .render import FRAMINGS
 from .sample import SCHEMAS, PairRenderer, sample_pose
 
@@ -47,6 +47,9 @@ class SynthConfig:
     framing: str = "full"        # "full": upper body, THA placement; "face": the face box fills the image
     poses: str = "all"           # "all", "expression" (head and body at rest) or "rotation" (face at rest)
     project: str | None = None   # schema the expression must be representable in (e.g. au17), or None
+    styles: list | None = None   # style families of the training characters (character.FAMILIES); None = ["cel"]
+    test_styles: list | None = None  # families of the test characters; None = the same as ``styles``. Holding
+    #                                  whole families out (disjoint lists) validates on a style training never saw
 
     def check(self) -> SynthConfig:
         if self.characters < 1 or self.poses_per_character < 1:
@@ -61,7 +64,16 @@ class SynthConfig:
             raise KeyfaceError(f"poses must be one of {', '.join(POSE_SETS)}")
         if self.project is not None:
             get_schema(self.project)
+        for fam in (self.styles or []) + (self.test_styles or []):
+            if fam not in FAMILIES:
+                raise KeyfaceError(f"unknown style family {fam!r} (one of {', '.join(FAMILIES)})")
+        if self.styles is not None and not self.styles or self.test_styles is not None and not self.test_styles:
+            raise KeyfaceError("name at least one style family")
         return self
+
+    def families(self, split: str) -> list[str]:
+        train = list(self.styles or ["cel"])
+        return list(self.test_styles or train) if split == "test" else train
 
     def pose(self, rng) -> dict:
         return pose_for(sample_pose(rng), self.poses, self.project)
@@ -99,10 +111,16 @@ def to_u8(a: np.ndarray) -> np.ndarray:
     return quantise(a)
 
 
-def render_character(seed: int, cfg_dict: dict) -> dict[str, np.ndarray]:
+def family_of(seed: int, families: list[str]) -> str:
+    """The style family of a character: one of ``families``, fixed by its seed."""
+    return families[int(np.random.default_rng([int(seed), 0xFA31]).integers(len(families)))]
+
+
+def render_character(seed: int, cfg_dict: dict, split: str = "train") -> dict[str, np.ndarray]:
     """All poses of one character as shard arrays (runs in a worker process)."""
     cfg = SynthConfig(**cfg_dict)
-    pr = PairRenderer(sample_character(seed), (cfg.size, cfg.size), FRAMINGS[cfg.framing])
+    char = sample_character(seed, family_of(seed, cfg.families(split)))
+    pr = PairRenderer(char, (cfg.size, cfg.size), FRAMINGS[cfg.framing])
     rng = np.random.default_rng([cfg.seed, seed, 0xB05E])
     samples = [pr.sample(cfg.pose(rng)) for _ in range(cfg.poses_per_character)]
     u8 = to_u8
@@ -138,7 +156,7 @@ def write_dataset(out_dir, cfg: SynthConfig, workers: int | None = None, progres
     manifest = {"keyface_synth": FORMAT, "config": asdict(cfg), "splits": splits, "shards": {}}
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if old.get("config") != asdict(cfg):
+        if {**asdict(SynthConfig()), **old.get("config", {})} != asdict(cfg):  # older manifests lack new keys
             raise KeyfaceError(f"{out} holds a dataset with another configuration ({old.get('config')}); "
                                "choose a new folder")
         manifest["shards"] = old.get("shards", {})
@@ -150,7 +168,7 @@ def write_dataset(out_dir, cfg: SynthConfig, workers: int | None = None, progres
     done = 0
     with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
         for split, i, group in todo:
-            parts = list(pool.map(render_character, group, [asdict(cfg)] * len(group)))
+            parts = list(pool.map(render_character, group, [asdict(cfg)] * len(group), [split] * len(group)))
             arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             buf = io.BytesIO()
             np.savez_compressed(buf, **arrays)

@@ -150,12 +150,13 @@ def _paint(ctx, xr, yr, color, d, *, shadow=None, line=1.0, light=0.06, tex=1.0)
     """A painted region: flat colour with a soft light gradient, cel shadow (coverage ``shadow``), an outline along
     d = 0 and the character's brush/paper texture. Returns (rgb, alpha)."""
     st = ctx.char.style
-    g = 1 + light * (st["light"] * xr - yr) * 0.3
-    if tex:
-        g = g + tex * texture(xr, yr, ctx.tex)
+    g = 1 + light * st.get("gradient", 1.0) * (st["light"] * xr - yr) * 0.3
+    if tex and st.get("texture_gain", 1.0):
+        g = g + tex * st.get("texture_gain", 1.0) * texture(xr, yr, ctx.tex)
     rgb = color[None, None, :] * g[..., None]
-    if shadow is not None:
-        rgb = rgb * (1 - shadow[..., None] * (1 - np.array([0.80, 0.74, 0.86], np.float32)))
+    if shadow is not None and st.get("shadow", 1.0):
+        k = np.clip(shadow * st.get("shadow", 1.0), 0, 1)
+        rgb = rgb * (1 - k[..., None] * (1 - np.array([0.80, 0.74, 0.86], np.float32)))
     a = area(d, ctx.ps)
     if line:
         lw = 0.016 * st["line_width"] * line

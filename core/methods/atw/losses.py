@@ -64,9 +64,11 @@ def generator_losses(g, img, c_s, c_t, out, w: LossWeights, *, target=None, flow
     cancelled term ``rest`` = g(img, c_s)'s refined image."""
     refined, warped, flow = out
     terms = {"ref": (warped - refined).abs().mean()}
-    recon, _, _ = g(refined, c_s)
-    terms["rec"] = (recon - img).abs().mean()
-    total = w.ref * terms["ref"] + w.rec * terms["rec"]
+    total = w.ref * terms["ref"]
+    if w.rec:  # the cycle back to the source (a third generator pass; off when pairs supervise, as in adaptation)
+        recon, _, _ = g(refined, c_s)
+        terms["rec"] = (recon - img).abs().mean()
+        total = total + w.rec * terms["rec"]
     if dr is not None:
         score, drv = dr(refined)
         terms["adv"] = -score.mean()

@@ -19,9 +19,10 @@ FACE_CROP_SHIFT = 1 / 8  # the engine's "face" framing (synth FACE_CROP): 2 × 2
 class ATWRuntime(Generator):
     schema = "au17"
 
-    def __init__(self, weights, device: str = "cpu"):
+    def __init__(self, weights, device: str = "cpu", net=None):
+        """``net``: an already loaded generator (an adaptation's, being evaluated) instead of ``weights``."""
         self.device = pick_device(device)
-        self.net = load_generator(weights, self.device)
+        self.net = load_generator(weights, self.device) if net is None else net.to(self.device).eval()
         self.grid = (self.net.cfg.grid, self.net.cfg.grid)
 
     def working_box(self, face_box: Box, source: np.ndarray) -> Box:

@@ -21,7 +21,7 @@ from ...errors import KeyfaceError
 from ...metrics import psnr, ssim
 from ...pixels import from_net, over_grey, quantise, to_net
 from ...rig import get_schema
-from ...training import RunConfig, RunTrainer, load_split, lr_factor, mixed_indices, validation_seeds
+from ...training import RunConfig, RunTrainer, data_roots, load_split, lr_factor, mixed_indices, validation_characters
 from .conditioning import SCHEMA, driving
 from .losses import LossWeights, critic_losses, generator_losses
 from .networks import ATWConfig, Critic, Generator
@@ -95,13 +95,13 @@ EVAL_TARGETS = {
 def evaluate(gen: Generator, seeds, size: int, device) -> dict:
     """Face-box PSNR / SSIM on held-out characters for each target of :data:`EVAL_TARGETS`, next to the identity
     baseline (output = input)."""
-    from ...synth.character import sample_character
+    from ...synth.character import character_of
     from ...synth.render import FACE_CROP, REST
     from ...synth.sample import PairRenderer, character_vector
 
     gen.eval()
     rows = {}
-    renderers = [PairRenderer(sample_character(s), (size, size), FACE_CROP) for s in seeds]
+    renderers = [PairRenderer(character_of(s), (size, size), FACE_CROP) for s in seeds]
     for name, values in EVAL_TARGETS.items():
         ours, base, ours_s, base_s = [], [], [], []
         rest = np.stack([quantise(r.rest.image) for r in renderers])
@@ -165,7 +165,7 @@ class Trainer(RunTrainer):
         self.focus = self.focus_pools()
         from ...synth.dataset import load_manifest
 
-        self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
+        self.eval_seeds = validation_characters(load_manifest(data_roots(cfg.data)[0]), cfg.eval_characters)
 
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * lr_factor(self.cfg, step)

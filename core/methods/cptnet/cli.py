@@ -21,7 +21,8 @@ def cmd_train_cptnet(args, out) -> int:
                       weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight,
                                           cancelled_everywhere=args.cancelled_everywhere),
                       init=args.init or "",
-                      expression_share=args.expression_share, wink_share=args.wink_share, flip=args.flip,
+                      expression_share=args.expression_share, wink_share=args.wink_share,
+                      mouth_share=args.mouth_share, flip=args.flip,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
                                          coords=args.coords))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
@@ -62,7 +63,8 @@ def commands(cmds) -> None:
                     help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
                          "ask for cost as much as missed ones (our addition)")
     for flag, pairs in (("--expression-share", "pairs that move the eyes or the mouth"),
-                        ("--wink-share", "pairs that close one eye more than the other")):
+                        ("--wink-share", "pairs that close one eye more than the other"),
+                        ("--mouth-share", "pairs that open the mouth")):
         tc.add_argument(flag, type=float, default=0.0, metavar="F",
                         help=f"fraction of each batch drawn from {pairs} (our addition; 0 = uniform, the paper)")
     tc.add_argument("--coords", action="store_true",

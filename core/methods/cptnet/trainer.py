@@ -19,7 +19,7 @@ import torch
 from ...errors import KeyfaceError
 from ...metrics import ssim
 from ...pixels import from_net, over_grey, quantise, to_net
-from ...training import RunConfig, RunTrainer, load_split, mixed_indices, validation_seeds
+from ...training import RunConfig, RunTrainer, data_roots, load_split, mixed_indices, validation_characters
 from .losses import LossWeights, critic_loss, generator_losses
 from .networks import CPTNetConfig, Critic, Generator, drive, load_generator
 
@@ -53,6 +53,10 @@ class TrainConfig(RunConfig):
     # our addition (0 = the paper): this fraction of each batch is drawn from the one-eye pairs (:data:`WINK`); the
     # expression share alone leaves ~1 wink per batch of 8 and the face stage learned to close both eyes together
     wink_share: float = 0.0
+    # our addition (0 = the paper): this fraction of each batch is drawn from the pairs whose mouth is open by at least
+    # :data:`EXPRESSIVE`; 4,204 steps with the expression share alone left the mouth unlearned (the mouth is ~1 % of a
+    # head crop's pixels)
+    mouth_share: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -93,13 +97,13 @@ def evaluate_pairs(gen: Generator, rest_u8: np.ndarray, posed_u8: np.ndarray, po
 def evaluate(gen: Generator, seeds, size: int, device) -> dict:
     """Per :data:`EVAL_POSES` row: metrics on characters rendered on the fly (head framing)."""
     from ...rig import character_schema, convert, get_schema
-    from ...synth.character import sample_character
+    from ...synth.character import character_of
     from ...synth.render import FRAMINGS
     from ...synth.sample import PairRenderer
 
     names5 = get_schema("pose5").names
     char_names = character_schema().names
-    renderers = [PairRenderer(sample_character(s), (size, size), FRAMINGS["head"]) for s in seeds]
+    renderers = [PairRenderer(character_of(s), (size, size), FRAMINGS["head"]) for s in seeds]
     rest = np.stack([quantise(r.rest.image) for r in renderers])
     rows = {}
     for name, pose in EVAL_POSES.items():
@@ -153,23 +157,28 @@ class Trainer(RunTrainer):
         self.rest, self.posed, self.d = cols["rest"], cols["posed"], drive(cols["param_pose5"])
         self.expressive = np.flatnonzero(np.abs(self.d[:, :3]).max(axis=1) > EXPRESSIVE)
         self.winks = np.flatnonzero(np.abs(self.d[:, 0] - self.d[:, 1]) > WINK)
-        if not (0 <= cfg.expression_share <= 1 and 0 <= cfg.wink_share <= 1
-                and cfg.expression_share + cfg.wink_share <= 1):
-            raise KeyfaceError("expression share and wink share must be in [0, 1], their sum at most 1")
+        self.mouths = np.flatnonzero(np.abs(self.d[:, 2]) > EXPRESSIVE)
+        shares = (cfg.expression_share, cfg.wink_share, cfg.mouth_share)
+        if not (all(0 <= v <= 1 for v in shares) and sum(shares) <= 1):
+            raise KeyfaceError("the expression share, wink share and mouth share must each be in [0, 1], their sum at "
+                               "most 1")
+        if cfg.mouth_share and not len(self.mouths):
+            raise KeyfaceError(f"{cfg.data}: no training pair opens the mouth (mouth share)")
         if cfg.expression_share and not len(self.expressive):
             raise KeyfaceError(f"{cfg.data}: no training pair moves the eyes or the mouth (expression share)")
         if cfg.wink_share and not len(self.winks):
             raise KeyfaceError(f"{cfg.data}: no training pair closes one eye more than the other (wink share)")
         if self.rest.shape[1] != cfg.model.size:
             cfg.model.size = int(self.rest.shape[1])  # the generator is fully convolutional; record the data's size
-        self.eval_seeds = validation_seeds(load_manifest(cfg.data), cfg.eval_characters)
+        self.eval_seeds = validation_characters(load_manifest(data_roots(cfg.data)[0]), cfg.eval_characters)
 
     def batch_indices(self, k: int) -> np.ndarray:
-        """Training-pair indices of batch ``k`` (seeded): the wink share first, then the expression share, then
-        uniform draws."""
+        """Training-pair indices of batch ``k`` (seeded): the wink share first, then the mouth share, then the
+        expression share, then uniform draws."""
         cfg = self.cfg
         return mixed_indices(self.rng(k), cfg.batch, len(self.rest),
-                             [(self.winks, cfg.wink_share), (self.expressive, cfg.expression_share)])
+                             [(self.winks, cfg.wink_share), (self.mouths, cfg.mouth_share),
+                              (self.expressive, cfg.expression_share)])
 
     def _batch(self, k: int) -> tuple:
         idx = self.batch_indices(k)

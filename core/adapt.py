@@ -89,9 +89,8 @@ def adapt(model: str, image: np.ndarray, out, *, box=None, teacher: str = "tha3"
           progress: Callable | None = None, should_stop: Callable = lambda: False, source_name: str = "") -> dict:
     """Adapt ``model`` to the character in ``image`` (straight RGBA or RGB, any depth); write the folder ``out``.
     ``progress(phase, done, total)`` with phase "render", "fit" or "evaluate". Returns the record written."""
-    from .corpus import sample_intents, teacher_frames, teacher_pairs
+    from .corpus import sample_intents, teacher_pairs
     from .models import get_model
-    from .pipeline import FrameJob
     from .pixels import to_unit, with_alpha
 
     if not minutes > 0:
@@ -128,25 +127,7 @@ def adapt(model: str, image: np.ndarray, out, *, box=None, teacher: str = "tha3"
 
     # 3. evaluation on intents the fine-tuning never saw, through the full render path
     report("evaluate", 0, EVAL_INTENTS)
-    values = sample_intents(np.random.default_rng([seed, 0xE7A]), EVAL_INTENTS, adapter.poses, student_rt.schema,
-                            moving=True)
-    t = time.perf_counter()
-    truth = teacher_frames(doc, face, values, teacher_rt)
-    teacher_fps = len(values) / (time.perf_counter() - t)
-    from .rig import convert
-
-    driven = convert(values, "character", student_rt.schema)
-    adapted_rt = adapter.runtime()
-    scores = {}
-    for name, rt in (("adapted", adapted_rt), ("base", student_rt)):
-        job = FrameJob.prepare(doc, rt, face)
-        job.frames(driven[:1])  # warm-up: the rest pose and first-call costs are not the per-frame speed
-        t = time.perf_counter()
-        frames = job.frames(driven)
-        fps = len(values) / (time.perf_counter() - t)
-        psnrs = [region_psnr(f, g, region) for f, g in zip(frames, truth, strict=True)]
-        scores[name] = {"psnr_vs_teacher": float(np.mean(psnrs)), "frames_per_second": fps}
-    scores["identity"] = {"psnr_vs_teacher": float(np.mean([region_psnr(doc, g, region) for g in truth]))}
+    scores = measure(doc, face, teacher_rt, student_rt, adapter.runtime(), adapter.poses, seed)
     report("evaluate", EVAL_INTENTS, EVAL_INTENTS)
 
     out = Path(out)
@@ -156,14 +137,44 @@ def adapt(model: str, image: np.ndarray, out, *, box=None, teacher: str = "tha3"
         "head_region": [region[1].start, region[0].start, region[1].stop - region[1].start,
                         region[0].stop - region[0].start],
         "minutes": minutes, "pairs": int(len(pairs["values"])), "render_seconds": round(render_seconds, 1),
-        "fit": fit, "cancelled": bool(fit.get("cancelled")), "evaluation": {
-            "intents": EVAL_INTENTS, **scores, "teacher_frames_per_second": teacher_fps,
-            "speedup": scores["adapted"]["frames_per_second"] / teacher_fps}}
+        "fit": fit, "cancelled": bool(fit.get("cancelled")), "evaluation": scores}
     out.mkdir(parents=True, exist_ok=True)
     adapter.save(out, record)
     atomic_write_text(out / RECORD, json.dumps(record, indent=1))
     atomic_write_text(out / "MODEL_CARD.md", model_card(record))
     return record
+
+
+def measure(doc, face: Box, teacher_rt, student_rt, adapted_rt, poses: str, seed: int = 0) -> dict:
+    """Head-region PSNR against the teacher's render-path frames on :data:`EVAL_INTENTS` intents (not the training
+    ones) for the adapted model, the model it started from and the unchanged document; frames per second of each
+    render path over the same intents after one warm-up frame (the set-up and the rest pose are not per-frame costs),
+    and the adapted model's speed over the teacher's."""
+    from .corpus import sample_intents
+    from .pipeline import FrameJob
+    from .rig import convert
+
+    region = head_region(face, doc.shape[1], doc.shape[0])
+    values = sample_intents(np.random.default_rng([seed, 0xE7A]), EVAL_INTENTS, poses, student_rt.schema, moving=True)
+
+    def timed(rt):
+        driven = convert(values, "character", rt.schema).astype(np.float32)
+        job, bs = FrameJob.prepare(doc, rt, face), max(1, rt.batch_size)
+        job.frames(driven[:1])
+        t = time.perf_counter()
+        frames = [f for j in range(0, len(driven), bs) for f in job.frames(driven[j:j + bs])]
+        return frames, len(driven) / (time.perf_counter() - t)
+
+    truth, teacher_fps = timed(teacher_rt)
+    out = {"intents": EVAL_INTENTS, "teacher_frames_per_second": teacher_fps}
+    for name, rt in (("adapted", adapted_rt), ("base", student_rt)):
+        frames, fps = timed(rt)
+        out[name] = {"psnr_vs_teacher": float(np.mean([region_psnr(f, g, region) for f, g in zip(frames, truth,
+                                                                                               strict=True)])),
+                     "frames_per_second": fps}
+    out["identity"] = {"psnr_vs_teacher": float(np.mean([region_psnr(doc, g, region) for g in truth]))}
+    out["speedup"] = out["adapted"]["frames_per_second"] / teacher_fps
+    return out
 
 
 def model_card(r: dict) -> str:

@@ -44,7 +44,6 @@ from .errors import KeyfaceError
 from .io import atomic_write_bytes, atomic_write_text
 from .pixels import quantise
 
-FORMAT = 1  # the synthetic dataset format (keyface.core.synth.dataset.FORMAT): the same reader
 FRAMING = "full"  # synthetic characters are drawn in THA's placement (synth.render.Placement's default)
 
 
@@ -201,7 +200,8 @@ def student_crop(image: np.ndarray, face: Box, student) -> tuple[np.ndarray, Box
 
 
 def teacher_frames(doc: np.ndarray, face: Box, values: np.ndarray, teacher) -> list[np.ndarray]:
-    """The teacher's render-path frames (document resolution) for intents (n, 25) in character-rig values."""
+    """The teacher's (or any generator's) render-path frames (document resolution) for intents (n, 25) in
+    character-rig values, converted to its schema, in its batch size."""
     from .pipeline import FrameJob
     from .rig import convert
 
@@ -251,6 +251,8 @@ class CorpusWriter:
 
     def manifest(self) -> dict:
         path = self.out / "manifest.json"
+        from .synth.dataset import FORMAT  # the synthetic dataset's format: the same reader
+
         fresh = {"keyface_synth": FORMAT, "kind": "teacher", "config": asdict(self.cfg), "splits": self.splits,
                  "sources": self.items, "shards": {}, "seconds": 0.0}
         if not path.exists():

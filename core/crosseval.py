@@ -47,11 +47,10 @@ def supports(schema: str, action: str) -> bool:
 
 
 def _frames(doc, face, runtime, values):
-    from .pipeline import FrameJob
-    from .rig import convert
+    """``runtime``'s render-path frames for intents given as character-rig values."""
+    from .corpus import teacher_frames
 
-    job = FrameJob.prepare(doc, runtime, face)
-    return job.frames(convert(np.stack(values), "character", runtime.schema).astype(np.float32))
+    return teacher_frames(doc, face, np.stack(values), runtime)
 
 
 def style_table(models: dict, families: list[str], characters: int, seed: int = 0,

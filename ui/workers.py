@@ -88,7 +88,8 @@ class PreviewEngine(QObject):
 
 class ThreadWorker(QObject):
     """A background job on its own thread: ``start``, ``cancel`` (a flag the job polls), ``cancelled``, ``wait``.
-    Subclasses define their signals and ``_run``; signals are delivered queued to the UI thread."""
+    Each subclass defines its signals and its job, ``_run`` (what ``start`` runs on the thread); signals are delivered
+    queued to the UI thread."""
 
     name = "keyface-worker"
 
@@ -111,9 +112,6 @@ class ThreadWorker(QObject):
     def wait(self, timeout=None) -> None:
         if self._thread:
             self._thread.join(timeout)
-
-    def _run(self) -> None:
-        raise NotImplementedError
 
 
 class RenderWorker(ThreadWorker):

@@ -132,17 +132,18 @@ def painting_table(models: dict, teacher, paintings: list, progress: Callable | 
 
 def format_tables(styles: dict | None, paintings: dict | None, families, teacher: str) -> str:
     lines = []
+    w = max([28] + [len(m) + 2 for table in (styles, paintings) if table for m in table])  # model ids with folders
     if styles:
         lines += [f"held-out styles ({', '.join(families)}): head-region PSNR against the engine's exact render",
-                  f"{'model':<28}{'action':<16}{'PSNR':>8}{'identity':>10}{'gain dB':>9}"]
+                  f"{'model':<{w}}{'action':<16}{'PSNR':>8}{'identity':>10}{'gain dB':>9}"]
         for m, acts in styles.items():
-            lines += [f"{m:<28}{a:<16}{r['psnr']:8.2f}{r['psnr_identity']:10.2f}{r['gain_db']:+9.2f}"
+            lines += [f"{m:<{w}}{a:<16}{r['psnr']:8.2f}{r['psnr_identity']:10.2f}{r['gain_db']:+9.2f}"
                       for a, r in acts.items()]
     if paintings:
         lines += ["", f"paintings: head-region PSNR against {teacher} for the same intent",
-                  f"{'model':<28}{'action':<16}{'PSNR':>8}{'identity':>10}"]
+                  f"{'model':<{w}}{'action':<16}{'PSNR':>8}{'identity':>10}"]
         for m, acts in paintings.items():
-            lines += [f"{m:<28}{a:<16}{r['psnr_vs_teacher']:8.2f}{r['psnr_identity_vs_teacher']:10.2f}"
+            lines += [f"{m:<{w}}{a:<16}{r['psnr_vs_teacher']:8.2f}{r['psnr_identity_vs_teacher']:10.2f}"
                       for a, r in acts.items()]
     if not lines:
         raise KeyfaceError("nothing to evaluate: name style families or paintings")

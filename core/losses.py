@@ -23,7 +23,7 @@ def changed_mask(target: torch.Tensor, source: torch.Tensor, threshold: float = 
 
 
 def cancelled_l1(out: torch.Tensor, out_rest: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
-                 everywhere: bool = False) -> torch.Tensor:
+                 everywhere: bool = False, outside: float = 1.0) -> torch.Tensor:
     """The error the render path sees, on the pixels the pose changes: keyface applies a generator's output *minus its
     output at the rest pose* (bias cancellation, :mod:`keyface.core.pipeline`), so out − out_rest must equal the true
     change target − source. Averaged within each sample over the changed pixels (:func:`changed_mask`), then over the
@@ -36,12 +36,17 @@ def cancelled_l1(out: torch.Tensor, out_rest: torch.Tensor, target: torch.Tensor
     ``everywhere``: the error is summed over *every* pixel and still divided by the number of changed ones, so a change
     the pose does not ask for costs as much per pixel as a change it asks for and misses. Why: over the changed pixels
     only, closing both eyes for a one-eye signal costs nothing on the other eye (its pixels are not in the mask);
-    measured on CPTNet, 680 + 235 fine-tuning steps with that term closed both eyes for either eye signal."""
+    measured on CPTNet, 680 + 235 fine-tuning steps with that term closed both eyes for either eye signal.
+    ``outside`` weighs the pixels the pose leaves unchanged in that sum (1 = as much as the changed ones). Why less
+    than 1: a mouth opening changes ~1 % of a 128² head crop (146–240 pixels, measured), so at weight 1 a faint stray
+    change over the face costs up to a hundred times what opening the mouth gains. (Lowering it alone did not bring
+    CPTNet's lost mouth back: its model card.)"""
     changed = changed_mask(target, source)
     if not everywhere:
         return masked_l1(out - out_rest, target - source, changed, per_sample=True)
     count = changed.flatten(1).sum(1)
-    err = (out - out_rest - (target - source)).abs().flatten(1).sum(1) / out.shape[1]  # per pixel: channel mean
+    weight = changed + outside * (1 - changed)
+    err = (out - out_rest - (target - source)).abs().mul(weight).flatten(1).sum(1) / out.shape[1]  # channel mean
     return (err / count.clamp(min=1))[count > 0].sum() / (count > 0).sum().clamp(min=1)
 
 

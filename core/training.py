@@ -220,6 +220,7 @@ class RunTrainer(ABC):
         self.build()
         if self.init is not None:
             load_upgraded(self.modules["generator"], self.init.state_dict())
+            self.adjust_init()
         self.step = 0
         self.best_score = -math.inf
         self.run.mkdir(parents=True, exist_ok=True)
@@ -232,6 +233,9 @@ class RunTrainer(ABC):
     @abstractmethod
     def build(self) -> None:
         """Create ``self.modules`` (``"generator"`` first) and ``self.optimizers``, and load the data."""
+
+    def adjust_init(self) -> None:  # noqa: B027 (an optional hook: most methods keep their --init weights as loaded)
+        """A method's change to the --init weights once loaded, before the first step (none unless it overrides)."""
 
     @abstractmethod
     def train_step(self) -> dict:

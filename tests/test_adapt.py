@@ -266,3 +266,14 @@ def test_style_table_measures_against_the_engine(teacher_and_student):
         table = painting_table({"fake": fake}, fake, [f"{d}/p.png"], sheet=sheet)
     assert np.isinf(table["fake"]["blink"]["psnr_vs_teacher"])  # the teacher against itself
     assert sheet[0].shape == (160, 160 * (1 + 4 * 2), 3)
+
+
+def test_tables_keep_columns_for_long_model_ids():
+    from keyface.core.crosseval import format_tables
+
+    row = {"psnr": 30.0, "psnr_identity": 28.0, "gain_db": 2.0}
+    long = "atw-au17:/a/folder/with/a/long/name"
+    text = format_tables({"atw-au17": {"blink": row}, long: {"blink": row}}, None, ["ink"], "tha3")
+    rows = [line for line in text.splitlines() if "blink" in line]
+    assert [line.index("blink") for line in rows] == [len(long) + 2] * 2
+    assert rows[1].startswith(long + "  ") and rows[1].split()[1:] == ["blink", "30.00", "28.00", "+2.00"]

@@ -61,6 +61,11 @@ def test_mask_step_is_a_convex_blend_and_the_grid_starts_as_identity():
         a, c = torch.sigmoid(o[:, :1]), torch.tanh(o[:, 1:])
         y, a2 = g.mask_step(x, d)
         assert torch.allclose(y, (1 - a) * c + a * x) and torch.equal(a, a2)
+        full = g(x, d)                          # the face stage is this step at the face part of d, its logit exposed
+        face_d = d * torch.tensor([1.0, 1, 1, 0, 0])
+        assert torch.allclose(full["face"], g.mask_step(x, face_d)[0], atol=1e-6)
+        assert torch.allclose(torch.sigmoid(full["face_logit"]), full["face_mask"])
+        assert torch.allclose(full["face_logit"], g.trunk(x, face_d)[:, :1])
         g.trunk.up[-1].bias[0] = 50.0  # A → 1: the input is kept
         assert torch.allclose(g.mask_step(x, d)[0], x, atol=1e-6)
         out, flow = g.grid_step(x, d)
@@ -126,6 +131,35 @@ def test_loss_terms(tiny_features):
     t4 = generator_losses(a, b, w4, source=src, rest_out=extra)
     assert torch.allclose(t4["cancelled"], torch.tensor(0.25))               # 16 px × 0.25 / 16 changed px
     assert generator_losses(a, b, w3, source=src, rest_out=extra)["cancelled"] < 1e-6   # unseen over changed px only
+    # the unchanged pixels weighted: the stray change costs ``cancelled_outside`` times as much; 0 = changed px only
+    for outside in (0.1, 0.0):
+        w5 = LossWeights(cancelled=1000.0, perc=0.0, cancelled_everywhere=True, cancelled_outside=outside)
+        t5 = generator_losses(a, b, w5, source=src, rest_out=extra)
+        assert torch.allclose(t5["cancelled"], torch.tensor(0.25 * outside))
+    missed = generator_losses(b, b, w5, source=src, rest_out=b)["cancelled"]   # a missed change costs in full
+    assert torch.allclose(missed, same_at_rest["cancelled"])
+    # the saturation term: only the attention logits beyond ±ceiling cost, squared
+    w6 = LossWeights(perc=0.0, saturation=2.0, saturation_ceiling=5.0)
+    logit = torch.zeros(2, 1, 4, 4)
+    logit[0, 0, 0, 0], logit[1, 0, 1, 1], logit[1, 0, 2, 2] = 8.0, -7.0, 4.9
+    t6 = generator_losses(a, b, w6, face_logit=logit)
+    assert torch.allclose(t6["saturation"], torch.tensor((9.0 + 4.0) / 32))
+    assert torch.allclose(t6["total"], w6.pair * t6["pair"] + 2.0 * t6["saturation"])
+    assert "saturation" not in generator_losses(a, b, w, face_logit=logit)
+    # the content term: the face stage's content against the target on the changed pixels of face-only pairs
+    w7 = LossWeights(perc=0.0, content=100.0)
+    content = b.clone()
+    content[1] = 5.0                                                         # wrong, but sample 1 moves the head
+    t7 = generator_losses(a, b, w7, source=src, face_content=content, face_only=torch.tensor([True, False]))
+    assert t7["content"] < 1e-6 and torch.allclose(t7["total"], w7.pair * t7["pair"])
+    content[0, :, :4, :4] += 0.3                                             # off by 0.3 on sample 0's changed corner
+    content[0, :, 8:, 8:] += 9.0                                             # unchanged pixels do not count
+    t7 = generator_losses(a, b, w7, source=src, face_content=content, face_only=torch.tensor([True, False]))
+    assert torch.allclose(t7["content"], torch.tensor(0.3))
+    both = generator_losses(a, b, w7, source=src, face_content=content, face_only=torch.tensor([True, True]))
+    assert torch.allclose(both["content"], (0.3 + (5.0 - b[1, :, :4, :4]).abs().mean()) / 2)
+    none = generator_losses(a, b, w7, source=src, face_content=content, face_only=torch.tensor([False, False]))
+    assert none["content"] == 0
 
 
 def test_feature_network(tiny_features):
@@ -182,6 +216,29 @@ def test_expression_share_fills_batches_with_moving_eyes_or_mouth(tiny_data, tin
     with pytest.raises(KeyfaceError, match="expression share"):
         Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", expression_share=1.5), tmp_path / "c",
                 device="cpu", log=lambda m: None)
+
+
+def test_attention_scale_rescales_only_the_face_attention_of_init_weights(tiny_data, tiny_features, tmp_path):
+    first = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", steps=1), tmp_path / "a", device="cpu",
+                    log=lambda m: None)
+    first.fit()
+    init = tmp_path / "a" / "generator.safetensors"
+    tr = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", init=str(init), attention_scale=0.25, steps=1),
+                 tmp_path / "b", device="cpu", log=lambda m: None)
+    before, after = load_generator(init).state_dict(), tr.gen.state_dict()
+    head, bias = "trunk.up.2.weight", "trunk.up.2.bias"                  # the mask generator's last layer
+    assert torch.allclose(after[head][0], 0.25 * before[head][0]) and torch.equal(after[head][1:], before[head][1:])
+    assert torch.allclose(after[bias][0], 0.25 * before[bias][0]) and torch.equal(after[bias][1:], before[bias][1:])
+    assert all(torch.equal(after[k], before[k]) for k in before if k not in (head, bias))
+    x, d = torch.rand(1, 4, 32, 32) * 2 - 1, torch.rand(1, 5)
+    with torch.no_grad():
+        assert torch.allclose(tr.gen(x, d)["face_logit"], 0.25 * load_generator(init)(x, d)["face_logit"], atol=1e-5)
+    tr.fit()
+    resumed = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", steps=2), tmp_path / "b", device="cpu",
+                      resume=True, log=lambda m: None)                  # resuming does not scale again
+    assert resumed.cfg.attention_scale == 0.25 and resumed.step == 1
+    saved = load_generator(tmp_path / "b" / "generator.safetensors").state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in resumed.gen.state_dict().items())
 
 
 def test_coordinate_channels_tell_positions_apart_and_upgrade_older_weights():
@@ -254,10 +311,10 @@ def test_cli_train_cptnet_records_our_batch_and_loss_options(tiny_data, tiny_fea
             "--base", "4", "--blocks", "1", "--k", "2", "--mode", "supervised", "--features", str(tiny_features[0]),
             "--quiet", "--device", "cpu"]
     assert main([*args, "--expression-share", "0.5", "--flip", "--cancelled-weight", "100",
-                 "--cancelled-everywhere"]) == 0
+                 "--cancelled-everywhere", "--cancelled-outside", "0.2"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["expression_share"] == 0.5 and config["flip"] is True and config["weights"]["cancelled"] == 100
-    assert config["weights"]["cancelled_everywhere"] is True
+    assert config["weights"]["cancelled_everywhere"] is True and config["weights"]["cancelled_outside"] == 0.2
     assert config["wink_share"] == 0 and config["model"]["coords"] is False
     args[5] = str(tmp_path / "coords")
     assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors")]) == 0
@@ -326,6 +383,31 @@ def test_gan_step_fit_resume_and_evaluation(tiny_data, tiny_features, tmp_path):
     assert gen.cfg == tr.cfg.model and (run / "best.safetensors").exists()
     resumed = Trainer(_cfg(tiny_data, tiny_features[0], steps=3), run, device="cpu", resume=True, log=lambda m: None)
     assert resumed.step == 2 and resumed.cfg.critic_steps == 2
+
+
+def test_validation_judges_the_bias_cancelled_output():
+    """The evaluation reports what the render path applies, G(I, d) − G(I, rest) + I: a generator that adds the same
+    tint whatever the pose is wrong on its raw output, but its cancelled output is the unchanged image; the score
+    (changed-pixel error over the identity's, per pose) is then exactly −1."""
+    from keyface.core.methods.cptnet.trainer import Trainer, evaluate_pairs
+
+    class Tint(torch.nn.Module):
+        def forward(self, x, d):
+            return {"out": (x + 0.4).clamp(-1, 1)}
+
+    rng = np.random.default_rng(0)
+    rest = rng.integers(0, 256, (3, 16, 16, 4), dtype=np.uint8)
+    rest[..., 3] = 255
+    posed = rest.copy()
+    posed[:, 4:8, 4:8, :3] = 255 - posed[:, 4:8, 4:8, :3]                  # the pose changes a 4×4 patch
+    pose = np.tile(np.array([0, 0, 1, 0, 0], np.float32), (3, 1))
+    r = evaluate_pairs(Tint(), rest, posed, pose, "cpu", batch=2)
+    ours, base = r["ours"], r["identity"]
+    assert ours["l1"] > base["l1"] + 0.05
+    assert ours["cancelled_l1"] == pytest.approx(base["l1"], abs=2e-3)
+    assert ours["cancelled_changed_l1"] == pytest.approx(base["changed_l1"], abs=2e-3) and base["changed_l1"] > 0.2
+    row = {**ours, **{f"{k}_identity": v for k, v in base.items()}}
+    assert Trainer.score(None, {"a": row, "b": row}) == pytest.approx(-1, abs=0.01)
 
 
 @pytest.fixture(scope="module")

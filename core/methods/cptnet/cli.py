@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ...cli.common import positive_int, run_args, run_training, write_json
+from ...cli.common import fraction, positive, positive_int, run_args, run_training, write_json
 
-PROGRESS_KEYS = ("total", "pair", "perc", "changed", "cancelled", "d_adv")
+PROGRESS_KEYS = ("total", "pair", "perc", "changed", "cancelled", "saturation", "content", "d_adv")
 
 
 def cmd_train_cptnet(args, out) -> int:
@@ -19,10 +19,14 @@ def cmd_train_cptnet(args, out) -> int:
                       lr_schedule="linear_tail", decay_steps=decay, eval_every=args.eval_every,
                       eval_characters=args.eval_characters, features=args.features or "",
                       weights=LossWeights(changed=args.changed_weight, cancelled=args.cancelled_weight,
-                                          cancelled_everywhere=args.cancelled_everywhere),
+                                          cancelled_everywhere=args.cancelled_everywhere,
+                                          cancelled_outside=args.cancelled_outside,
+                                          saturation=args.saturation_weight,
+                                          saturation_ceiling=args.saturation_ceiling,
+                                          content=args.content_weight),
                       init=args.init or "",
                       expression_share=args.expression_share, wink_share=args.wink_share,
-                      mouth_share=args.mouth_share, flip=args.flip,
+                      mouth_share=args.mouth_share, flip=args.flip, attention_scale=args.attention_scale,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
                                          coords=args.coords))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
@@ -62,6 +66,20 @@ def commands(cmds) -> None:
     tc.add_argument("--cancelled-everywhere", action="store_true",
                     help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
                          "ask for cost as much as missed ones (our addition)")
+    tc.add_argument("--cancelled-outside", type=fraction, default=1.0, metavar="W",
+                    help="with --cancelled-everywhere: weight of the pixels the pose leaves unchanged (default 1; "
+                         "lower weighs small changes such as the mouth's more)")
+    tc.add_argument("--saturation-weight", type=float, default=0.0, metavar="W",
+                    help="weight of a penalty holding the face stage's attention logits within ±CEILING, where "
+                         "their gradients do not vanish (our addition; 0 = off)")
+    tc.add_argument("--saturation-ceiling", type=positive, default=5.0, metavar="CEILING",
+                    help="the logit bound of --saturation-weight (default 5: at least 99.3 %% of a pixel kept)")
+    tc.add_argument("--content-weight", type=float, default=0.0, metavar="W",
+                    help="weight of an L1 on the face stage's content head over the changed pixels of pairs without "
+                         "head motion (our addition; 0 = off)")
+    tc.add_argument("--attention-scale", type=positive, default=1.0, metavar="S",
+                    help="with --init: multiply the face stage's attention logits by S before training, to bring "
+                         "saturated ones back where they learn (our addition; default 1)")
     for flag, pairs in (("--expression-share", "pairs that move the eyes or the mouth"),
                         ("--wink-share", "pairs that close one eye more than the other"),
                         ("--mouth-share", "pairs that open the mouth")):

@@ -20,7 +20,25 @@
   it. The plain L_changed can be lowered by changes that ignore the pose (measured: a generator trained with it closed
   the eyes at every pose, which the render path's cancellation then removes — one reason the first shipped model
   never blinks); this one cannot. Costs a second generator pass at the rest pose per step. ``cancelled_everywhere``
-  also charges the changes the pose does not ask for (closing the other eye on a wink) per changed pixel.
+  also charges the changes the pose does not ask for (closing the other eye on a wink) per changed pixel, weighted by
+  ``cancelled_outside``.
+
+* L_saturation (our addition, off by default: ``saturation`` = 0): mean of max(|ℓ| − ``saturation_ceiling``, 0)² over
+  the face stage's attention logits ℓ (A = σ(ℓ)). Why: the shipped model's face stage keeps every pixel with ℓ ≈ 9 at
+  the median (measured on 30 training pairs; 98 % beyond ±5) and ℓ ≈ 12.4 on the pixels an open mouth changes, where
+  σ' ≈ 4·10⁻⁶ and the content head's gradient (1 − A) as small: the mouth could not be learned back by fine-tuning
+  (60 steps with a mouth share: the bias-cancelled mouth change stayed exactly zero). Held within ±5 (A ≥ 0.993), both
+  gradients are ~1,000× larger; what the kept pixels' small leak adds does not depend on the pose, so the render
+  path's bias cancellation removes it. Measured: this alone brought the median logit down (9 → 7.5 in 60 steps), not
+  the mouth.
+
+* L_content (our addition, off by default: ``content`` = 0): the face stage's content head C against the target, L1
+  over the pixels the pose changes, per sample, on the pairs whose head pose is at rest (there the whole change is the
+  face stage's). Why: through the final image C only gets a gradient scaled by 1 − A; measured on 16 open-mouth pairs,
+  the shipped model's C on the mouth pixels was 0.78 from the target where the unchanged image is 0.28 (units of
+  [−1, 1]), so letting C through there could only raise the loss — a saddle the saturation term alone did not leave
+  (the bias-cancelled mouth change stayed zero over 100 mixed steps). Measured: with it C's error there fell 0.387 →
+  0.352 on held-out pairs in 240 steps (the unchanged image: 0.387), and the mouth still did not move (model card).
 
 Only the final image is supervised, as in the paper (the face stage, the branches and the masks are trained through
 it). ``mode`` "supervised" drops L_adv (no critic; used for quick CPU runs and the ablation's equal budgets).
@@ -45,6 +63,10 @@ class LossWeights:
     changed: float = 0.0
     cancelled: float = 0.0
     cancelled_everywhere: bool = False  # L_cancelled over every pixel, per changed pixel (see cancelled_l1)
+    cancelled_outside: float = 1.0  # with cancelled_everywhere: the weight of the pixels the pose leaves unchanged
+    saturation: float = 0.0
+    saturation_ceiling: float = 5.0
+    content: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,18 +80,30 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, w: LossWeights) 
 
 
 def generator_losses(out: torch.Tensor, target: torch.Tensor, w: LossWeights, features=None,
-                     critic=None, source: torch.Tensor | None = None, rest_out: torch.Tensor | None = None) -> dict:
+                     critic=None, source: torch.Tensor | None = None, rest_out: torch.Tensor | None = None,
+                     face_logit: torch.Tensor | None = None, face_content: torch.Tensor | None = None,
+                     face_only: torch.Tensor | None = None) -> dict:
     """The generator's terms for the final image ``out`` against ``target``; perceptual needs ``features``, the
     adversarial term ``critic``, the changed-pixel terms the input image ``source`` (and the cancelled one the
-    generator's output at the rest pose, ``rest_out``)."""
+    generator's output at the rest pose, ``rest_out``), the saturation term the face stage's attention logits, the
+    content term its content head and ``face_only`` (B,) bool, the pairs whose head pose is at rest."""
     terms = {"pair": (out - target).abs().mean()}
     total = w.pair * terms["pair"]
     if source is not None and rest_out is not None and w.cancelled:
-        terms["cancelled"] = cancelled_l1(out, rest_out, target, source, w.cancelled_everywhere)
+        terms["cancelled"] = cancelled_l1(out, rest_out, target, source, w.cancelled_everywhere,
+                                         w.cancelled_outside)
         total = total + w.cancelled * terms["cancelled"]
     if source is not None and w.changed:
         terms["changed"] = masked_l1(out, target, changed_mask(target, source), per_sample=True)
         total = total + w.changed * terms["changed"]
+    if face_logit is not None and w.saturation:
+        terms["saturation"] = (face_logit.abs() - w.saturation_ceiling).clamp(min=0).pow(2).mean()
+        total = total + w.saturation * terms["saturation"]
+    if face_content is not None and face_only is not None and source is not None and w.content:
+        keep = face_only.bool()
+        terms["content"] = (masked_l1(face_content[keep], target[keep], changed_mask(target[keep], source[keep]),
+                                      per_sample=True) if keep.any() else face_content.sum() * 0)
+        total = total + w.content * terms["content"]
     if features is not None and w.perc:
         terms["perc"] = perceptual_loss(features, out, target)
         total = total + w.perc * terms["perc"]

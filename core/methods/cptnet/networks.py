@@ -123,12 +123,20 @@ class Generator(nn.Module):
             nn.init.zeros_(self.grid_up[-1].bias)
         self.fusion = Fusion(c, cfg.fusion_base) if cfg.uses_mask and cfg.uses_grid else None
 
+    def mask_parts(self, x, d):
+        """The mask generator's two heads → (attention logit (B, 1, H, W), content C)."""
+        o = self.trunk(x, d)
+        return o[:, :1], torch.tanh(o[:, 1:])
+
+    @staticmethod
+    def blend(x, logit, content):
+        """A = σ(logit) of each input pixel kept, the rest from the content → (output, A)."""
+        a = torch.sigmoid(logit)
+        return (1 - a) * content + a * x, a
+
     def mask_step(self, x, d):
         """One application of the mask generator → (output, attention mask A)."""
-        o = self.trunk(x, d)
-        a = torch.sigmoid(o[:, :1])
-        content = torch.tanh(o[:, 1:])
-        return (1 - a) * content + a * x, a
+        return self.blend(x, *self.mask_parts(x, d))
 
     def grid_step(self, x, d):
         """The grid generator → (output, backward flow in pixels, keyface convention)."""
@@ -140,11 +148,13 @@ class Generator(nn.Module):
     def forward(self, img, d) -> dict:
         """img (B, C, H, W) premultiplied RGBA in [−1, 1]; d (B, 5) conditioning (:func:`drive`) → a dict with
         ``out`` (the final image), ``face`` (face stage), ``mask_out`` / ``grid_out`` (head-stage branches),
-        ``face_mask``, ``mask_keep`` (the product of the cascade's masks: how much of each input pixel the mask branch
-        kept in place), ``fusion_mask`` (A of the fusion; 1 = grid branch), ``flow`` (grid branch, pixels)."""
+        ``face_mask`` (its logit ``face_logit``, its content ``face_content``), ``mask_keep`` (the product of the
+        cascade's masks: how much of each input pixel the mask branch kept in place), ``fusion_mask`` (A of the fusion;
+        1 = grid branch), ``flow`` (grid branch, pixels)."""
         face_d, head_d = d * FACE.to(d), d * HEAD.to(d)
-        face, face_mask = self.mask_step(img, face_d)
-        out = {"face": face, "face_mask": face_mask}
+        face_logit, content = self.mask_parts(img, face_d)
+        face, face_mask = self.blend(img, face_logit, content)
+        out = {"face": face, "face_mask": face_mask, "face_logit": face_logit, "face_content": content}
         if self.cfg.uses_mask:
             x, keep = face, torch.ones_like(face_mask)
             for i in range(1, self.cfg.steps + 1):

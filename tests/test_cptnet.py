@@ -315,6 +315,10 @@ def test_cli_train_cptnet_records_our_batch_and_loss_options(tiny_data, tiny_fea
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["expression_share"] == 0.5 and config["flip"] is True and config["weights"]["cancelled"] == 100
     assert config["weights"]["cancelled_everywhere"] is True and config["weights"]["cancelled_outside"] == 0.2
+    for bad in ("1.5", "-0.1", "nan", "x"):                     # a weight outside [0, 1] is refused before any work
+        with pytest.raises(SystemExit):
+            main([*args, "--cancelled-everywhere", "--cancelled-outside", bad])
+    assert "--cancelled-outside" in capsys.readouterr().err
     assert config["wink_share"] == 0 and config["model"]["coords"] is False
     args[5] = str(tmp_path / "coords")
     assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors")]) == 0

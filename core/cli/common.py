@@ -18,11 +18,16 @@ def frames_arg(text: str) -> tuple[int, int]:
     return first, last
 
 
-def positive(text: str) -> float:
+def _number(text: str) -> float:
+    """``text`` as a float; NaN when it is not a number (every range check then fails)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = float("nan")
+        return float("nan")
+
+
+def positive(text: str) -> float:
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
@@ -30,10 +35,7 @@ def positive(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value

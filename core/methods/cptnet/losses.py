@@ -29,7 +29,7 @@
   σ' ≈ 4·10⁻⁶ and the content head's gradient (1 − A) as small: the mouth could not be learned back by fine-tuning
   (60 steps with a mouth share: the bias-cancelled mouth change stayed exactly zero). Held within ±5 (A ≥ 0.993), both
   gradients are ~1,000× larger; what the kept pixels' small leak adds does not depend on the pose, so the render
-  path's bias cancellation removes it. Measured: this alone brought the median logit down (9 → 7.5 in 60 steps), not
+  path's bias cancellation removes it. Measured: this alone brought the median logit down (9 → 7.5 in 30 steps), not
   the mouth.
 
 * L_content (our addition, off by default: ``content`` = 0): the face stage's content head C against the target, L1
@@ -37,7 +37,7 @@
   face stage's). Why: through the final image C only gets a gradient scaled by 1 − A; measured on 16 open-mouth pairs,
   the shipped model's C on the mouth pixels was 0.78 from the target where the unchanged image is 0.28 (units of
   [−1, 1]), so letting C through there could only raise the loss — a saddle the saturation term alone did not leave
-  (the bias-cancelled mouth change stayed zero over 100 mixed steps). Measured: with it C's error there fell 0.387 →
+  (the bias-cancelled mouth change stayed zero over 100 mixed steps). Measured: with it C's error there fell 0.614 →
   0.352 on held-out pairs in 240 steps (the unchanged image: 0.387), and the mouth still did not move (model card).
 
 Only the final image is supervised, as in the paper (the face stage, the branches and the masks are trained through

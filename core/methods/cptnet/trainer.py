@@ -60,7 +60,7 @@ class TrainConfig(RunConfig):
     mouth_share: float = 0.0
     # our addition (1 = unchanged): with --init, multiply the face stage's attention logits by this (the last layer's
     # attention row and bias) before training. The shipped model's logits saturated (median 9, ~12 on the mouth), where
-    # neither the attention nor the content head gets a gradient (see losses.py, L_saturation); measured, 40 steps on
+    # neither the attention nor the content head gets a gradient (see losses.py, L_saturation); measured, 30 steps on
     # pairs that open the mouth (their eyes may move too) from the shipped model scaled by 0.25 lowered those pairs'
     # cancelled error 0.310 → 0.240; the mouth itself still did not move (the model card, 2026-12-02)
     attention_scale: float = 1.0

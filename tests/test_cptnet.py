@@ -241,6 +241,38 @@ def test_attention_scale_rescales_only_the_face_attention_of_init_weights(tiny_d
     assert all(torch.equal(v, saved[k]) for k, v in resumed.gen.state_dict().items())
 
 
+def test_face_stage_trains_the_face_stage_alone(tiny_data, tiny_features, tmp_path, monkeypatch):
+    # --face-stage: only the pairs whose head is at rest, only the face stage's image supervised (what the full
+    # generator calls its "face"), the head stage's own layers untouched, and the loss falls on them.
+    from keyface.core.errors import KeyfaceError
+    from keyface.core.methods.cptnet import trainer as trainer_module
+    from keyface.core.training import load_split
+
+    d_all = drive(load_split(tiny_data, "train", ("param_pose5",))["param_pose5"])
+    at_rest = (d_all[:, 3:] == 0).all(axis=1)
+    assert 0 < at_rest.sum() < len(d_all)
+    weights = LossWeights(cancelled=1000.0, cancelled_everywhere=True)
+    tr = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", lr=3e-3, face_stage=True, weights=weights),
+                 tmp_path / "run", device="cpu", log=lambda m: None)
+    assert len(tr.d) == at_rest.sum() and np.array_equal(tr.d, d_all[at_rest])
+    x, _, d = tr._batch(0)
+    with torch.no_grad():
+        assert torch.equal(tr._forward(x, d)["out"], tr.gen(x, d)["face"])
+    before = {k: v.clone() for k, v in tr.gen.state_dict().items()}
+    losses = [tr.train_step()["total"] for _ in range(60)]
+    assert np.mean(losses[-5:]) < 0.6 * losses[0], losses  # the first loss is before any update
+    after = tr.gen.state_dict()
+    head_stage = [k for k in before if k.startswith(("grid_up.", "fusion."))]
+    assert head_stage and all(torch.equal(before[k], after[k]) for k in head_stage)
+    assert not torch.equal(before["trunk.up.2.weight"], after["trunk.up.2.weight"])
+    cols = load_split(tiny_data, "train", ("rest", "posed", "param_pose5"))
+    cols["param_pose5"][:, 4] = 0.5                                       # every head turned
+    monkeypatch.setattr(trainer_module, "load_split", lambda *a, **k: cols)
+    with pytest.raises(KeyfaceError, match="keeps the head at rest"):
+        Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised", face_stage=True), tmp_path / "none",
+                device="cpu", log=lambda m: None)
+
+
 def test_coordinate_channels_tell_positions_apart_and_upgrade_older_weights():
     from keyface.core.blocks import EncoderDecoder, positions
     from keyface.core.errors import KeyfaceError
@@ -321,8 +353,10 @@ def test_cli_train_cptnet_records_our_batch_and_loss_options(tiny_data, tiny_fea
     assert "--cancelled-outside" in capsys.readouterr().err
     assert config["wink_share"] == 0 and config["model"]["coords"] is False
     args[5] = str(tmp_path / "coords")
-    assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors")]) == 0
-    assert json.loads((tmp_path / "coords" / "config.json").read_text())["model"]["coords"] is True
+    assert config["face_stage"] is False
+    assert main([*args, "--coords", "--init", str(tmp_path / "run" / "generator.safetensors"), "--face-stage"]) == 0
+    config = json.loads((tmp_path / "coords" / "config.json").read_text())
+    assert config["model"]["coords"] is True and config["face_stage"] is True
     args[5] = str(tmp_path / "winks")
     assert main([*args, "--wink-share", "0.5"]) == 2   # the tiny corpus has no one-eye pair: a clear refusal
     assert "wink share" in capsys.readouterr().err
@@ -572,6 +606,39 @@ def test_shipped_model_eye_left_changes_mainly_the_left_eye(seed):
     assert changed.sum() > 40, changed.sum()
     assert (changed & grown).sum() > 0.5 * changed.sum(), ((changed & grown).sum(), changed.sum())
     assert (changed & left_eye).sum() > 3 * (changed & right_eye).sum()
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")
+@pytest.mark.parametrize("seed", [987_654, 11])
+def test_shipped_model_opens_the_mouth(seed):
+    # Through the render path (crop → generator → ResWarp at 256²), on characters the model never saw: mouth = 1
+    # changes pixels, mostly around the mouth, and there lands closer to the engine's own render of an open mouth
+    # than the unchanged source does.
+    import cv2
+
+    from keyface.core.pipeline import FrameJob
+    from keyface.core.pixels import over_grey
+    from keyface.core.rig import character_schema, convert
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS, MASK_PARTS, REST
+    from keyface.core.synth.sample import PairRenderer
+
+    size = 256
+    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
+    img = quantise(pr.rest.image)
+    pose = np.array([1.0, 1.0, 1.0, 0.0, 0.0], np.float32)
+    frame = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size)).frames(pose[None])[0]
+    truth_img = pr.renderer.render(dict(zip(character_schema().names, convert(pose, "pose5", "character"),
+                                            strict=True))).image
+    mouth = pr.renderer.render(dict(REST), gt=True).masks[MASK_PARTS.index("mouth")] > 0.2
+    truth_changed = np.abs(truth_img - pr.rest.image).max(axis=2) > 8 / 255
+    region = cv2.dilate((mouth | truth_changed).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    changed = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
+    assert changed.sum() > 40, changed.sum()
+    assert (changed & region).sum() > 0.5 * changed.sum(), ((changed & region).sum(), changed.sum())
+    ours = np.abs(over_grey(frame / 255.0) - over_grey(truth_img))[truth_changed].mean()
+    identity = np.abs(over_grey(img / 255.0) - over_grey(truth_img))[truth_changed].mean()
+    assert ours < 0.85 * identity, (ours, identity)
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")

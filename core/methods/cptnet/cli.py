@@ -27,6 +27,7 @@ def cmd_train_cptnet(args, out) -> int:
                       init=args.init or "",
                       expression_share=args.expression_share, wink_share=args.wink_share,
                       mouth_share=args.mouth_share, flip=args.flip, attention_scale=args.attention_scale,
+                      face_stage=args.face_stage,
                       model=CPTNetConfig(base=args.base, blocks=args.blocks, k=args.k, variant=args.variant,
                                          coords=args.coords))
     trainer = Trainer(cfg, args.out, device=args.device, resume=args.resume,
@@ -88,6 +89,9 @@ def commands(cmds) -> None:
     tc.add_argument("--coords", action="store_true",
                     help="give the trunk the pixel coordinates (CoordConv; our addition; with --init, weights without "
                          "them are upgraded: the new input weights start at zero)")
+    tc.add_argument("--face-stage", action="store_true",
+                    help="train the face stage alone on the pairs whose head is at rest (eyes and mouth; our "
+                         "addition); then a full run with --init retrains the head stage")
     tc.add_argument("--flip", action="store_true",
                     help="mirror half of the pairs left-right, swapping the eyes and the sign of yaw (our addition)")
     ec = cmds.eval.add_parser("cptnet", help="the ablation table (seed 000 Table 1: L1, RMSE, SSIM) on the test split")

@@ -24,24 +24,26 @@
   ``cancelled_outside``.
 
 * L_saturation (our addition, off by default: ``saturation`` = 0): mean of max(|ℓ| − ``saturation_ceiling``, 0)² over
-  the face stage's attention logits ℓ (A = σ(ℓ)). Why: the shipped model's face stage keeps every pixel with ℓ ≈ 9 at
-  the median (measured on 30 training pairs; 98 % beyond ±5) and ℓ ≈ 12.4 on the pixels an open mouth changes, where
-  σ' ≈ 4·10⁻⁶ and the content head's gradient (1 − A) as small: the mouth could not be learned back by fine-tuning
-  (60 steps with a mouth share: the bias-cancelled mouth change stayed exactly zero). Held within ±5 (A ≥ 0.993), both
-  gradients are ~1,000× larger; what the kept pixels' small leak adds does not depend on the pose, so the render
-  path's bias cancellation removes it. Measured: this alone brought the median logit down (9 → 7.5 in 30 steps), not
-  the mouth.
+  the face stage's attention logits ℓ (A = σ(ℓ)). Why: stage 5's face stage (the model card) kept every pixel with
+  ℓ ≈ 9 at the median (measured on 30 training pairs; 98 % beyond ±5) and ℓ ≈ 12.4 on the pixels an open mouth
+  changes, where σ' ≈ 4·10⁻⁶ and the content head's gradient (1 − A) as small: the mouth could not be learned back by
+  fine-tuning (60 steps with a mouth share: the bias-cancelled mouth change stayed exactly zero). Held within ±5
+  (A ≥ 0.993), both gradients are ~1,000× larger; what the kept pixels' small leak adds does not depend on the pose,
+  so the render path's bias cancellation removes it. Measured: this alone brought the median logit down (9 → 7.5 in
+  30 steps), not the mouth; with the face stage trained alone (``face_stage``, the trainer) it did (stages 6–7).
 
 * L_content (our addition, off by default: ``content`` = 0): the face stage's content head C against the target, L1
   over the pixels the pose changes, per sample, on the pairs whose head pose is at rest (there the whole change is the
   face stage's). Why: through the final image C only gets a gradient scaled by 1 − A; measured on 16 open-mouth pairs,
-  the shipped model's C on the mouth pixels was 0.78 from the target where the unchanged image is 0.28 (units of
-  [−1, 1]), so letting C through there could only raise the loss — a saddle the saturation term alone did not leave
-  (the bias-cancelled mouth change stayed zero over 100 mixed steps). Measured: with it C's error there fell 0.614 →
-  0.352 on held-out pairs in 240 steps (the unchanged image: 0.387), and the mouth still did not move (model card).
+  stage 5's C on the mouth pixels was 0.78 from the target where the unchanged image is 0.28 (units of [−1, 1]), so
+  letting C through there could only raise the loss — a saddle the saturation term alone did not leave (the
+  bias-cancelled mouth change stayed zero over 100 mixed steps). Measured: with it C's error there fell 0.614 → 0.352
+  on held-out pairs in 240 steps (the unchanged image: 0.387), and the mouth still did not move (model card) until the
+  face stage was trained alone.
 
 Only the final image is supervised, as in the paper (the face stage, the branches and the masks are trained through
-it). ``mode`` "supervised" drops L_adv (no critic; used for quick CPU runs and the ablation's equal budgets).
+it), unless the trainer's ``face_stage`` (our addition) trains the face stage's own image. ``mode`` "supervised"
+drops L_adv (no critic; used for quick CPU runs and the ablation's equal budgets).
 """
 
 from __future__ import annotations

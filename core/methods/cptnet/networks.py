@@ -145,18 +145,24 @@ class Generator(nn.Module):
         flow = torch.stack([off[:, 0] * (w / 2), off[:, 1] * (h / 2)], 1)
         return warp(x, flow), flow
 
+    def face_stage(self, img, d) -> dict:
+        """The face stage alone, driven by the expression part of ``d`` → ``face`` (its image, also as ``out``),
+        ``face_mask``, ``face_logit``, ``face_content``."""
+        logit, content = self.mask_parts(img, d * FACE.to(d))
+        face, mask = self.blend(img, logit, content)
+        return {"out": face, "face": face, "face_mask": mask, "face_logit": logit, "face_content": content}
+
     def forward(self, img, d) -> dict:
         """img (B, C, H, W) premultiplied RGBA in [−1, 1]; d (B, 5) conditioning (:func:`drive`) → a dict with
         ``out`` (the final image), ``face`` (face stage), ``mask_out`` / ``grid_out`` (head-stage branches),
         ``face_mask`` (its logit ``face_logit``, its content ``face_content``), ``mask_keep`` (the product of the
         cascade's masks: how much of each input pixel the mask branch kept in place), ``fusion_mask`` (A of the fusion;
         1 = grid branch), ``flow`` (grid branch, pixels)."""
-        face_d, head_d = d * FACE.to(d), d * HEAD.to(d)
-        face_logit, content = self.mask_parts(img, face_d)
-        face, face_mask = self.blend(img, face_logit, content)
-        out = {"face": face, "face_mask": face_mask, "face_logit": face_logit, "face_content": content}
+        head_d = d * HEAD.to(d)
+        out = self.face_stage(img, d)
+        face = out["face"]
         if self.cfg.uses_mask:
-            x, keep = face, torch.ones_like(face_mask)
+            x, keep = face, torch.ones_like(out["face_mask"])
             for i in range(1, self.cfg.steps + 1):
                 x, a = self.mask_step(x, head_d * (i / self.cfg.steps))
                 keep = keep * a

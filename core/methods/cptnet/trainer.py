@@ -59,11 +59,21 @@ class TrainConfig(RunConfig):
     # head crop's pixels)
     mouth_share: float = 0.0
     # our addition (1 = unchanged): with --init, multiply the face stage's attention logits by this (the last layer's
-    # attention row and bias) before training. The shipped model's logits saturated (median 9, ~12 on the mouth), where
-    # neither the attention nor the content head gets a gradient (see losses.py, L_saturation); measured, 30 steps on
-    # pairs that open the mouth (their eyes may move too) from the shipped model scaled by 0.25 lowered those pairs'
+    # attention row and bias) before training. Stage 5's logits (the model card) saturated (median 9, ~12 on the
+    # mouth), where neither the attention nor the content head gets a gradient (see losses.py, L_saturation); measured,
+    # 30 steps on pairs that open the mouth (their eyes may move too) from stage 5 scaled by 0.25 lowered those pairs'
     # cancelled error 0.310 → 0.240; the mouth itself still did not move (the model card, 2026-12-02)
     attention_scale: float = 1.0
+    # our addition (off = the paper, which trains only through the final image): train the face stage alone, on the
+    # training pairs whose head pose is at rest, its own image supervised (the losses as set), the head stage idle.
+    # Why: stage 5's trunk had stopped drawing the mouth where it is (measured: the mouth signal changed the
+    # decoder's features as much everywhere as on the mouth's pixels; an eye's changed them 5× more on its own pixels,
+    # and a last layer refitted on the frozen features learned the eyes and not the mouth), and fine-tuning the whole
+    # generator did not bring it back in ~700 steps (model card). The face stage alone costs ~1/6 of a full step and,
+    # measured from those weights (attention × 0.3, lr 3e-4, half of each batch opening the mouth), drew it: the
+    # validation's bias-cancelled mouth error 0.2327 (= the unchanged image's) → 0.136 at step 450, 0.099 at 900. A
+    # full run afterwards (--init) retrains the head stage on the changed trunk (the model card's stages 6–7).
+    face_stage: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -176,6 +186,12 @@ class Trainer(RunTrainer):
         self.features = load_features(cfg.features or None, self.device) if cfg.weights.perc else None
         cols = load_split(cfg.data, "train", ("rest", "posed", "param_pose5"))
         self.rest, self.posed, self.d = cols["rest"], cols["posed"], drive(cols["param_pose5"])
+        if cfg.face_stage:  # only the pairs whose head is at rest: there the whole change is the face stage's
+            keep = np.flatnonzero((self.d[:, 3:] == 0).all(axis=1))
+            if not len(keep):
+                raise KeyfaceError(f"{cfg.data}: no training pair keeps the head at rest (face stage); make one "
+                                   "with keyface synth --poses expression")
+            self.rest, self.posed, self.d = self.rest[keep], self.posed[keep], self.d[keep]
         self.expressive = np.flatnonzero(np.abs(self.d[:, :3]).max(axis=1) > EXPRESSIVE)
         self.winks = np.flatnonzero(np.abs(self.d[:, 0] - self.d[:, 1]) > WINK)
         self.mouths = np.flatnonzero(np.abs(self.d[:, 2]) > EXPRESSIVE)
@@ -216,6 +232,10 @@ class Trainer(RunTrainer):
             rest, posed, d = mirror(rest, posed, d, which)
         return to_net(rest).to(self.device), to_net(posed).to(self.device), torch.from_numpy(d).to(self.device)
 
+    def _forward(self, x, d) -> dict:
+        """What a step trains: the whole generator, or with ``face_stage`` the face stage alone."""
+        return self.gen.face_stage(x, d) if self.cfg.face_stage else self.gen(x, d)
+
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.cfg.weights
         logs = {}
@@ -223,15 +243,15 @@ class Trainer(RunTrainer):
             for i in range(cfg.critic_steps):
                 x, target, d = self._batch(self.step * (cfg.critic_steps + 1) + i + 1)
                 with torch.no_grad():
-                    fake = self.gen(x, d)["out"]
+                    fake = self._forward(x, d)["out"]
                 c = critic_loss(self.critic, target, fake, w)
                 self.opt_d.zero_grad(set_to_none=True)
                 c["d_total"].backward()
                 self.opt_d.step()
             logs.update({k: float(v.detach()) for k, v in c.items()})
         x, target, d = self._batch(self.step * (cfg.critic_steps + 1))
-        res = self.gen(x, d)
-        rest_out = self.gen(x, torch.zeros_like(d))["out"] if w.cancelled else None
+        res = self._forward(x, d)
+        rest_out = self._forward(x, torch.zeros_like(d))["out"] if w.cancelled else None
         g = generator_losses(res["out"], target, w, self.features, self.critic, source=x, rest_out=rest_out,
                              face_logit=res["face_logit"], face_content=res["face_content"],
                              face_only=(d[:, 3:] == 0).all(1))

@@ -578,6 +578,20 @@ def test_shipped_feature_network_sees_identity_more_than_pose():
     assert all(same < other for same, other in dists), dists
 
 
+def _shipped_frame(seed: int, pose5, size: int = 256):
+    """An unseen engine character at ``size``² in head framing, posed by the shipped model through the render path
+    (head crop → generator → ResWarp): (its PairRenderer, the rest image, the frame)."""
+    from keyface.core.pipeline import FrameJob
+    from keyface.core.synth.character import sample_character
+    from keyface.core.synth.render import FRAMINGS
+    from keyface.core.synth.sample import PairRenderer
+
+    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
+    img = quantise(pr.rest.image)
+    frame = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size)).frames(np.asarray([pose5], np.float32))[0]
+    return pr, img, frame
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason="shipped CPTNet weights not present")
 @pytest.mark.parametrize("seed", [987_654, 11])
 def test_shipped_model_eye_left_changes_mainly_the_left_eye(seed):
@@ -586,16 +600,10 @@ def test_shipped_model_eye_left_changes_mainly_the_left_eye(seed):
     # much more than on the other one.
     import cv2
 
-    from keyface.core.pipeline import FrameJob
-    from keyface.core.synth.character import sample_character
-    from keyface.core.synth.render import FRAMINGS, REST
-    from keyface.core.synth.sample import PairRenderer
+    from keyface.core.synth.render import REST
 
     size = 256
-    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
-    img = quantise(pr.rest.image)
-    job = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size))
-    frame = job.frames(np.array([[0.0, 1.0, 0.0, 0.0, 0.0]], np.float32))[0]
+    pr, img, frame = _shipped_frame(seed, [0.0, 1.0, 0.0, 0.0, 0.0], size)
     changed = np.abs(frame.astype(int) - img.astype(int)).max(axis=2) > 8
     truth = np.abs(pr.renderer.render({**REST, "blink_left": 1.0}).image - pr.rest.image).max(axis=2) > 8 / 255
     eyes = pr.renderer.render(dict(REST), gt=True).masks[0] > 0.2
@@ -616,18 +624,12 @@ def test_shipped_model_opens_the_mouth(seed):
     # than the unchanged source does.
     import cv2
 
-    from keyface.core.pipeline import FrameJob
     from keyface.core.pixels import over_grey
     from keyface.core.rig import character_schema, convert
-    from keyface.core.synth.character import sample_character
-    from keyface.core.synth.render import FRAMINGS, MASK_PARTS, REST
-    from keyface.core.synth.sample import PairRenderer
+    from keyface.core.synth.render import MASK_PARTS, REST
 
-    size = 256
-    pr = PairRenderer(sample_character(seed), (size, size), FRAMINGS["head"])
-    img = quantise(pr.rest.image)
     pose = np.array([1.0, 1.0, 1.0, 0.0, 0.0], np.float32)
-    frame = FrameJob.prepare(img, "cptnet-pose5", (0, 0, size, size)).frames(pose[None])[0]
+    pr, img, frame = _shipped_frame(seed, pose)
     truth_img = pr.renderer.render(dict(zip(character_schema().names, convert(pose, "pose5", "character"),
                                             strict=True))).image
     mouth = pr.renderer.render(dict(REST), gt=True).masks[MASK_PARTS.index("mouth")] > 0.2

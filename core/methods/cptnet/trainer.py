@@ -72,7 +72,7 @@ class TrainConfig(RunConfig):
     # generator did not bring it back in ~700 steps (model card). The face stage alone costs ~1/6 of a full step and,
     # measured from those weights (attention × 0.3, lr 3e-4, half of each batch opening the mouth), drew it: the
     # validation's bias-cancelled mouth error 0.2327 (= the unchanged image's) → 0.136 at step 450, 0.099 at 900. A
-    # full run afterwards (--init) retrains the head stage on the changed trunk (the model card's stages 6–7).
+    # full run afterwards (--init) retrains the head stage on the changed trunk (the model card's stages 6–8).
     face_stage: bool = False
 
     @classmethod

@@ -58,26 +58,23 @@ def commands(cmds) -> None:
     tc.add_argument("--decay-steps", type=int, default=None,
                     help="linear decay to zero over the last N steps (default: the paper's 1/6 of --steps)")
     tc.add_argument("--features", metavar="WEIGHTS", help="feature network for the perceptual loss (default: shipped)")
-    tc.add_argument("--changed-weight", type=float, default=0.0, metavar="W",
-                    help="weight of the L1 over the pixels the pose changes (our addition; 0 = the paper's loss; "
-                         "the shipped model: 1000)")
-    tc.add_argument("--cancelled-weight", type=float, default=0.0, metavar="W",
-                    help="weight of the changed-pixel L1 of the bias-cancelled output, G(I, pose) − G(I, rest), as "
-                         "the render path applies it (our addition; 0 = off)")
+    for flag, term in (("--changed-weight", "the L1 over the pixels the pose changes (the shipped model's stage 1: "
+                                            "1000)"),
+                       ("--cancelled-weight", "the changed-pixel L1 of the bias-cancelled output, G(I, pose) − "
+                                              "G(I, rest), as the render path applies it"),
+                       ("--saturation-weight", "a penalty holding the face stage's attention logits within "
+                                               "±CEILING, where their gradients do not vanish"),
+                       ("--content-weight", "an L1 on the face stage's content head over the changed pixels of pairs "
+                                            "without head motion")):
+        tc.add_argument(flag, type=float, default=0.0, metavar="W", help=f"weight of {term} (our addition; 0 = off)")
     tc.add_argument("--cancelled-everywhere", action="store_true",
                     help="take the cancelled term over every pixel (per changed pixel), so changes the pose does not "
                          "ask for cost as much as missed ones (our addition)")
     tc.add_argument("--cancelled-outside", type=fraction, default=1.0, metavar="W",
                     help="with --cancelled-everywhere: weight of the pixels the pose leaves unchanged (default 1; "
                          "lower weighs small changes such as the mouth's more)")
-    tc.add_argument("--saturation-weight", type=float, default=0.0, metavar="W",
-                    help="weight of a penalty holding the face stage's attention logits within ±CEILING, where "
-                         "their gradients do not vanish (our addition; 0 = off)")
     tc.add_argument("--saturation-ceiling", type=positive, default=5.0, metavar="CEILING",
                     help="the logit bound of --saturation-weight (default 5: at least 99.3 %% of a pixel kept)")
-    tc.add_argument("--content-weight", type=float, default=0.0, metavar="W",
-                    help="weight of an L1 on the face stage's content head over the changed pixels of pairs without "
-                         "head motion (our addition; 0 = off)")
     tc.add_argument("--attention-scale", type=positive, default=1.0, metavar="S",
                     help="with --init: multiply the face stage's attention logits by S before training, to bring "
                          "saturated ones back where they learn (our addition; default 1)")

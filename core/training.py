@@ -66,6 +66,23 @@ def load_split(root, split: str, columns) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
+def teacher_test_pairs(root, columns) -> dict[str, np.ndarray] | None:
+    """The held-out pairs of the teacher corpora among ``root``'s datasets (``keyface corpus``) whose target is the
+    teacher's frame, not engine truth — the test paintings: a trainer's validation on real artwork. None if there are
+    none. Each corpus counts once however often ``--data`` repeats it (repetition weights training, not validation)."""
+    from .synth.dataset import load_manifest
+
+    def held_out(m: dict) -> bool:  # a teacher corpus with a test split (--test-paintings or test characters)
+        return m.get("kind") == "teacher" and any(v.get("split") == "test" for v in m.get("shards", {}).values())
+
+    folders = [f for f in dict.fromkeys(data_roots(root)) if held_out(load_manifest(f))]
+    if not folders:
+        return None
+    cols = load_split(",".join(folders), "test", (*columns, "has_truth"))
+    keep = ~cols.pop("has_truth")
+    return {k: v[keep] for k, v in cols.items()} if keep.any() else None
+
+
 def mixed_indices(rng: np.random.Generator, n: int, size: int, pools=()) -> np.ndarray:
     """``n`` indices into ``size`` training pairs: for each ``(indices, share)`` of ``pools`` in order, round(n·share)
     draws from those indices (with replacement; never more than are left), then uniform draws for the rest. With no

@@ -448,6 +448,54 @@ def test_validation_judges_the_bias_cancelled_output():
     assert Trainer.score(None, {"a": row, "b": row}) == pytest.approx(-1, abs=0.01)
 
 
+def test_validation_scores_the_held_out_paintings_of_a_teacher_corpus(tiny_data, tiny_features, tmp_path):
+    """With a teacher corpus (``keyface corpus``) among the data, validation adds a row on its held-out pairs whose
+    target is the teacher's frame (the test paintings; engine-truth pairs and training pairs are left out), counted once
+    however often ``--data`` repeats the corpus, and the score averages it with the engine's rows."""
+    import json
+    import shutil
+
+    from keyface.core.methods.cptnet.trainer import TEACHER_ROW, evaluate_pairs
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_data, corpus)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    (corpus / "manifest.json").write_text(json.dumps({**manifest, "kind": "teacher"}))
+    painted = []
+    for shard in sorted((corpus / "test").glob("*.npz")):
+        cols = dict(np.load(shard))
+        truth = np.arange(len(cols["rest"])) % 3 == 0       # every third pair has engine truth
+        cols["has_truth"] = truth
+        np.savez_compressed(shard, **cols)
+        painted += [(r, p, d) for r, p, d, t in zip(cols["rest"], cols["posed"], cols["param_pose5"], truth,
+                                                    strict=True) if not t]
+    plain = Trainer(_cfg(tiny_data, tiny_features[0], mode="supervised"), tmp_path / "a", device="cpu",
+                    log=lambda m: None)
+    assert plain.eval_teacher is None and TEACHER_ROW not in plain.evaluate()
+    tr = Trainer(_cfg(f"{tiny_data},{corpus},{corpus}", tiny_features[0], mode="supervised"), tmp_path / "b",
+                 device="cpu", log=lambda m: None)
+    assert len(tr.rest) == 3 * len(plain.rest)  # training: the repeated corpus weighs twice
+    rest, posed, d = (np.stack(c) for c in zip(*painted, strict=True))
+    assert np.array_equal(tr.eval_teacher["rest"], rest) and np.array_equal(tr.eval_teacher["posed"], posed)
+    rows = tr.evaluate()
+    direct = evaluate_pairs(tr.gen, rest, posed, d, "cpu")
+    assert rows[TEACHER_ROW]["cancelled_changed_l1"] == pytest.approx(direct["ours"]["cancelled_changed_l1"])
+    assert rows[TEACHER_ROW]["changed_l1_identity"] == pytest.approx(direct["identity"]["changed_l1"])
+    engine = {k: v for k, v in rows.items() if k != TEACHER_ROW}
+    assert engine.keys() == plain.evaluate().keys()
+    n, paint = len(rows), tr.score({TEACHER_ROW: rows[TEACHER_ROW]})
+    assert tr.score(rows) == pytest.approx((tr.score(engine) * (n - 1) + paint) / n)
+    # a corpus without held-out paintings (no --test-paintings) trains and adds no row
+    bare = tmp_path / "bare"
+    shutil.copytree(corpus, bare)
+    shutil.rmtree(bare / "test")
+    held = json.loads((bare / "manifest.json").read_text())
+    held["shards"] = {k: v for k, v in held["shards"].items() if v["split"] != "test"}
+    (bare / "manifest.json").write_text(json.dumps(held))
+    assert Trainer(_cfg(f"{tiny_data},{bare}", tiny_features[0], mode="supervised"), tmp_path / "c", device="cpu",
+                   log=lambda m: None).eval_teacher is None
+
+
 @pytest.fixture(scope="module")
 def random_cptnet(tmp_path_factory):
     """A registered CPTNet with random weights (the render path's mechanics, not quality) and a character image."""
@@ -555,6 +603,37 @@ def test_pose5_scene_renders_and_pose_command(random_cptnet, tmp_path):
     assert main(["pose", str(tmp_path / "c.png"), "--model", model, "--box", "40,60,160,160",
                  "--out", str(tmp_path / "p.png")]) == 0
     assert np.array_equal(read_image(tmp_path / "p.png"), img)    # no --set: the rest pose (eyes open)
+
+
+def test_trained_weights_are_a_model_id(random_cptnet, tmp_path):
+    """``cptnet-pose5:WEIGHTS`` (a trained .safetensors, or the run folder holding generator.safetensors) poses as the
+    same weights registered under a name do; anything else is refused with the reason."""
+    import shutil
+
+    from keyface.core import models
+    from keyface.core.cli import main
+    from keyface.core.errors import KeyfaceError
+    from keyface.core.imageio import read_image, write_image
+
+    model, path, img = random_cptnet
+    run = tmp_path / "run"
+    run.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(path.with_suffix(suffix), run / f"generator{suffix}")
+    write_image(tmp_path / "c.png", img)
+    frames = {}
+    for m in (model, f"cptnet-pose5:{path}", f"cptnet-pose5:{run}"):
+        out = tmp_path / f"{len(frames)}.png"
+        assert main(["pose", str(tmp_path / "c.png"), "--model", m, "--box", "40,60,160,160", "--set",
+                     "head_yaw=0.8", "--set", "eye_left=0", "--out", str(out)]) == 0
+        frames[m] = read_image(out)
+    a, b, c = frames.values()
+    assert not np.array_equal(a, img) and np.array_equal(a, b) and np.array_equal(a, c)
+    assert models.get_model(f"cptnet-pose5:{run}").schema.name == "pose5"
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "empty", tmp_path / "c.png", tmp_path / "missing.safetensors"):
+        with pytest.raises(KeyfaceError, match="not CPTNet weights"):
+            models.get_model(f"cptnet-pose5:{bad}")
 
 
 def test_shipped_feature_network_sees_identity_more_than_pose():

@@ -101,6 +101,22 @@ def test_backends_agree():
                 assert np.abs(rw.to_work(frame) - rw.to_work(cpu)).max() <= 1.01 / 255
 
 
+@pytest.mark.parametrize("shift", [-300.0, 300.0])
+def test_field_reading_past_the_box_edge(shift):
+    # A field that reads whole bands from beyond the box's left or right edge (a strong slide): the source's residual
+    # is read at the box's edge pixels there (border replicate), by the CPU backend as by the torch one (the CPU
+    # path's read window was once empty there, and OpenCV refused it).
+    src = _noise((180, 240, 4), np.uint8, 5)
+    lifter = rw.Lifter(src, rw.Box(20, 10, 200, 160), grid=(64, 80))
+    low = lifter._quantised_input(np.uint8).copy()
+    flow = np.zeros((64, 80, 2), np.float32)
+    flow[..., 0] = shift
+    out = lifter.lift(low, flow)
+    torch_out = lifter.lift_batch([low], [flow])[0]
+    assert np.abs(rw.to_work(out) - rw.to_work(torch_out)).max() <= 1.01 / 255
+    assert np.abs(out.astype(int) - lifter.lift(low, np.zeros_like(flow)).astype(int)).max() > 50  # it moved
+
+
 def test_rgba_edges_have_no_fringe():
     # A white disc on a transparent background whose hidden colour is black: a straight-alpha lift would darken the
     # anti-aliased rim; the premultiplied lift keeps it white.

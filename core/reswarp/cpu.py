@@ -350,8 +350,12 @@ class Lifter:
                 or (my != np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]).any()):
             return fallback.astype(np.float32)
         h, w = self.sizes[0]
-        y0, y1 = max(0, int(np.floor(my.min())) - 2), min(h, int(np.ceil(my.max())) + 3)
-        x0, x1 = max(0, int(np.floor(mx.min())) - 2), min(w, int(np.ceil(mx.max())) + 3)
+        # the window holds the positions read plus a margin, and at least the box's nearest edge pixel: a field may
+        # read a whole band from beyond one edge (a strong slide), where every position replicates that edge
+        y0 = min(max(0, int(np.floor(my.min())) - 2), h - 1)
+        x0 = min(max(0, int(np.floor(mx.min())) - 2), w - 1)
+        y1 = max(min(h, int(np.ceil(my.max())) + 3), y0 + 1)
+        x1 = max(min(w, int(np.ceil(mx.max())) + 3), x0 + 1)
         window = to_work(self.source[self.box.y + y0:self.box.y + y1, self.box.x + x0:self.box.x + x1])
         moved = sample(window, mx - x0, my - y0, self.interp)
         return from_work(moved, np.float32, fallback.astype(np.float32) / scale_of(self.source.dtype)) * \

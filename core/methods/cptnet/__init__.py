@@ -4,15 +4,19 @@ grid branch, fusion) on head crops (the paper: 256²; the shipped model: 128²) 
 crop around the face box (:func:`keyface.core.box.head_crop`).
 
 Ships ``cptnet-pose5`` (``weights/cptnet_pose5.safetensors`` with its JSON config and ``MODEL_CARD.md``); listed only
-when the weights are present. Importing this package does not import torch."""
+when the weights are present. ``cptnet-pose5:WEIGHTS`` is any other CPTNet the user trained: the ``.safetensors``
+``keyface train cptnet`` wrote (``RUN/generator.safetensors``, ``RUN/best.safetensors``, with the JSON beside it) or its
+run folder (its final ``generator.safetensors``). Importing this package does not import torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ...errors import KeyfaceError
 from ...models import Method, ModelInfo
 from .schema import pose5, pose5_converter
 
+PREFIX = "cptnet-pose5"
 WEIGHTS = Path(__file__).parent / "weights" / "cptnet_pose5.safetensors"
 
 
@@ -29,11 +33,22 @@ def models():
                         WEIGHTS, load)
 
 
+def family(arg: str) -> ModelInfo:
+    """``cptnet-pose5:WEIGHTS``: a trained generator's ``.safetensors`` (with its JSON), or a run folder."""
+    path = Path(arg).expanduser()
+    weights = path / "generator.safetensors" if path.is_dir() else path
+    if weights.suffix != ".safetensors" or not weights.is_file() or not weights.with_suffix(".json").is_file():
+        raise KeyfaceError(f"{arg} is not CPTNet weights (a .safetensors with its .json, or a run folder of keyface "
+                           "train cptnet holding generator.safetensors)")
+    return ModelInfo(f"{PREFIX}:{arg}", "cptnet", "pose5", f"CPTNet head and expression generator ({weights.name} "
+                     f"of {weights.parent.name}), 128² + ResWarp", weights, load)
+
+
 def commands(cmds) -> None:
     from .cli import commands as add
 
     add(cmds)
 
 
-METHOD = Method("cptnet", "Cascade Pose Transform Network (seed 000)", models=models,
+METHOD = Method("cptnet", "Cascade Pose Transform Network (seed 000)", models=models, families={PREFIX: family},
                 schemas={"pose5": (pose5, pose5_converter)}, commands=commands)

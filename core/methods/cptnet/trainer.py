@@ -20,7 +20,15 @@ import torch
 from ...errors import KeyfaceError
 from ...metrics import ssim
 from ...pixels import from_net, over_grey, quantise, to_net
-from ...training import RunConfig, RunTrainer, data_roots, load_split, mixed_indices, validation_characters
+from ...training import (
+    RunConfig,
+    RunTrainer,
+    data_roots,
+    load_split,
+    mixed_indices,
+    teacher_test_pairs,
+    validation_characters,
+)
 from .losses import LossWeights, critic_loss, generator_losses
 from .networks import CPTNetConfig, Critic, Generator, drive, load_generator
 
@@ -32,6 +40,7 @@ EVAL_POSES = {
     "look up (pitch −1)": {"head_pitch": -1.0},
     "all (yaw −.6, pitch .5, wink, mouth .6)": {"head_yaw": -0.6, "head_pitch": 0.5, "eye_left": 0.0, "mouth": 0.6},
 }
+TEACHER_ROW = "held-out paintings (vs teacher)"  # the validation row of a teacher corpus's test split, if any
 REST5 = {"eye_left": 1.0, "eye_right": 1.0, "mouth": 0.0, "head_pitch": 0.0, "head_yaw": 0.0}
 EXPRESSIVE = 0.1  # a pair is expressive when an eye or the mouth is this far from rest (pose5 units)
 WINK = 0.5        # a pair is a wink when its two eyes differ by more than this (pose5 units)
@@ -143,8 +152,13 @@ def evaluate(gen: Generator, seeds, size: int, device) -> dict:
         target = np.stack([quantise(r.renderer.render(values).image)
                            for r in renderers])
         r = evaluate_pairs(gen, rest, target, np.repeat(p5[None], len(seeds), 0), device)
-        rows[name] = {**r["ours"], **{f"{k}_identity": v for k, v in r["identity"].items()}}
+        rows[name] = _row(r)
     return rows
+
+
+def _row(pairs: dict) -> dict:
+    """A validation row of :func:`evaluate_pairs`' result: ours, and the identity's as ``<metric>_identity``."""
+    return {**pairs["ours"], **{f"{k}_identity": v for k, v in pairs["identity"].items()}}
 
 
 def format_eval(rows: dict) -> str:
@@ -208,6 +222,7 @@ class Trainer(RunTrainer):
         if self.rest.shape[1] != cfg.model.size:
             cfg.model.size = int(self.rest.shape[1])  # the generator is fully convolutional; record the data's size
         self.eval_seeds = validation_characters(load_manifest(data_roots(cfg.data)[0]), cfg.eval_characters)
+        self.eval_teacher = teacher_test_pairs(cfg.data, ("rest", "posed", "param_pose5"))
 
     def adjust_init(self) -> None:
         if self.cfg.attention_scale != 1:
@@ -262,12 +277,17 @@ class Trainer(RunTrainer):
         return logs
 
     def evaluate(self) -> dict:
-        return evaluate(self.gen, self.eval_seeds, self.cfg.model.size, self.device)
+        rows = evaluate(self.gen, self.eval_seeds, self.cfg.model.size, self.device)
+        if self.eval_teacher is not None:  # a teacher corpus among the data: its held-out paintings, vs the teacher
+            t = self.eval_teacher
+            rows[TEACHER_ROW] = _row(evaluate_pairs(self.gen, t["rest"], t["posed"], t["param_pose5"], self.device))
+        return rows
 
     def score(self, result: dict) -> float:
         """−(mean over the evaluation poses of the bias-cancelled output's changed-pixel L1 / the identity's): what the
         render path shows, each action weighing the same however few pixels it changes (a mouth opening ~1 % of the
-        crop); 0 = exact, −1 = no better than leaving the image unchanged. (Runs before 2026-12-02 used −mean L1 of
+        crop), the held-out paintings of a teacher corpus (:data:`TEACHER_ROW`, all their intents) one more row;
+        0 = exact, −1 = no better than leaving the image unchanged. (Runs before 2026-12-02 used −mean L1 of
         the raw output, under which a dead mouth cost nothing.)"""
         return -float(np.mean([r["cancelled_changed_l1"] / max(r["changed_l1_identity"], 1e-6)
                                for r in result.values()]))

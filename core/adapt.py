@@ -17,7 +17,8 @@ side (brows to chin with a margin; where the expression generators work) — for
 started from; and frames per second of the teacher and of the adapted model, measured in the same run.
 
 A method offers adaptation by declaring ``adapter`` in its :class:`~keyface.core.models.Method`: ``adapter(info,
-device)`` → an object with ``poses`` (the synth pose set its intents come from), ``family`` (the model-id prefix its
+device)`` → an object with ``poses`` (the synth pose set its intents come from; optionally ``render_poses``, pose sets
+the teacher's chunks cycle through instead, e.g. CPTNet's ("all", "expression")), ``family`` (the model-id prefix its
 folders load under, e.g. ``atw-au17``), ``fit(pairs, seconds, progress,
 should_stop) → dict`` (pairs: :func:`~keyface.core.corpus.teacher_pairs`' columns), ``save(folder, record)`` and
 ``runtime()`` (the adapted generator, for the evaluation).
@@ -89,7 +90,7 @@ def adapt(model: str, image: np.ndarray, out, *, box=None, teacher: str = "tha3"
           progress: Callable | None = None, should_stop: Callable = lambda: False, source_name: str = "") -> dict:
     """Adapt ``model`` to the character in ``image`` (straight RGBA or RGB, any depth); write the folder ``out``.
     ``progress(phase, done, total)`` with phase "render", "fit" or "evaluate". Returns the record written."""
-    from .corpus import sample_intents, teacher_pairs
+    from .corpus import balanced_intents, teacher_pairs
     from .models import get_model
     from .pixels import to_unit, with_alpha
 
@@ -108,10 +109,12 @@ def adapt(model: str, image: np.ndarray, out, *, box=None, teacher: str = "tha3"
 
     # 1. the teacher's pairs, a chunk at a time, until the render share of the budget is spent
     chunk, parts, n = max(1, teacher_rt.batch_size) * 2, [], 0
+    pose_sets = getattr(adapter, "render_poses", (adapter.poses,))
     while n < max_pairs:
         if should_stop():
             raise KeyfaceError("adaptation cancelled while the teacher was rendering; nothing was written")
-        values = sample_intents(rng, min(chunk, max_pairs - n), adapter.poses, student_rt.schema)
+        values = balanced_intents(rng, min(chunk, max_pairs - n), pose_sets[len(parts) % len(pose_sets)],
+                                  student_rt.schema)
         parts.append(teacher_pairs(doc, face, values, teacher_rt, student_rt))
         n += len(values)
         report("render", n, max_pairs)

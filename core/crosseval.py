@@ -37,13 +37,10 @@ def action_values(action: str) -> np.ndarray:
 
 
 def supports(schema: str, action: str) -> bool:
-    """Whether ``schema`` represents the action: its character-rig values survive char → schema → char."""
-    from .rig import character_schema, convert
+    """Whether ``schema`` represents the action (:func:`keyface.core.rig.represents`)."""
+    from .rig import represents
 
-    v = action_values(action)
-    back = convert(convert(v, "character", schema), schema, "character")
-    idx = [character_schema().index(n) for n in ACTIONS[action]]
-    return bool(np.allclose(back[idx], v[idx], atol=1e-3 * np.abs(v[idx]).max()))
+    return represents(schema, ACTIONS[action])
 
 
 def _frames(doc, face, runtime, values):

@@ -614,3 +614,13 @@ def convert(values, source: str | Schema, target: str | Schema) -> np.ndarray:
     if src.schema.name == dst.schema.name:
         return np.asarray(values, dtype=np.float64).copy()
     return dst.to_schema(src.from_schema(values))
+
+
+def represents(schema: str | Schema, values: dict) -> bool:
+    """Whether ``schema`` represents character-rig ``values`` (set on the rest pose): they survive the round trip
+    character → schema → character (within 0.1 % of the largest)."""
+    cs = character_schema()
+    v = cs.vector(values)
+    back = convert(convert(v, "character", schema), schema, "character")
+    idx = [cs.index(n) for n in values]
+    return bool(np.allclose(back[idx], v[idx], atol=1e-3 * np.abs(v[idx]).max()))

@@ -176,6 +176,30 @@ def test_corpus_checks_its_inputs(tmp_path):
 # ---------------------------------------------------------------------------------------------- adaptation
 
 
+def test_adaptation_intents_hold_the_key_expressions():
+    from keyface.core.corpus import balanced_intents, sample_intents
+    from keyface.core.rig import character_schema, convert
+
+    cs = character_schema()
+    col = {n: cs.index(n) for n in ("blink_left", "blink_right", "mouth_open", "mouth_smile", "head_yaw")}
+    for schema, poses in (("pose5", "expression"), ("pose5", "all"), ("au17", "expression")):
+        plain = sample_intents(np.random.default_rng(0), 300, poses, schema)
+        v = balanced_intents(np.random.default_rng(0), 300, poses, schema)
+        assert v.shape == plain.shape and v.dtype == np.float32
+        # what the schema represents determines them: the round trip through it changes nothing
+        assert np.allclose(convert(convert(v, "character", schema), schema, "character"), v, atol=1e-4)
+        # never the rest pose (the render path returns the source there), and far more closed eyes and open mouths
+        rest = convert(cs.defaults.astype(np.float32), "character", schema)
+        assert (np.abs(convert(v, "character", schema) - rest).max(axis=-1) > 1e-6).all()
+        both = lambda a: ((a[:, col["blink_left"]] > 0.7) & (a[:, col["blink_right"]] > 0.7)).mean()  # noqa: E731
+        assert both(v) > 0.08 and both(v) > 5 * both(plain), (schema, poses, both(v), both(plain))
+        assert (v[:, col["mouth_open"]] > 0.5).mean() > 1.5 * (plain[:, col["mouth_open"]] > 0.5).mean() + 0.05
+        if poses == "expression":
+            assert not v[:, col["head_yaw"]].any()
+    assert not balanced_intents(np.random.default_rng(1), 50, "expression", "pose5")[:, col["mouth_smile"]].any()
+    assert (balanced_intents(np.random.default_rng(1), 200, "expression", "au17")[:, col["mouth_smile"]] > 0.3).any()
+
+
 def test_adapter_fit_lowers_the_loss_on_a_tiny_batch(teacher_and_student):
     from keyface.core.corpus import sample_intents, teacher_pairs
     from keyface.core.methods.atw.adapt import ATWAdapter
@@ -277,3 +301,71 @@ def test_tables_keep_columns_for_long_model_ids():
     rows = [line for line in text.splitlines() if "blink" in line]
     assert [line.index("blink") for line in rows] == [len(long) + 2] * 2
     assert rows[1].startswith(long + "  ") and rows[1].split()[1:] == ["blink", "30.00", "28.00", "+2.00"]
+
+
+# ---------------------------------------------------------------------------------------------- CPTNet's adaptation
+
+
+@pytest.fixture(scope="module")
+def cptnet_student(tmp_path_factory):
+    """``test-cptnet-student``: random 32² CPTNet weights (the method's own loader), registered for the module."""
+    import torch
+
+    from keyface.core.methods.cptnet import load
+    from keyface.core.methods.cptnet.networks import CPTNetConfig, Generator, save_generator
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cpt") / "generator.safetensors"
+    save_generator(Generator(CPTNetConfig(size=32, base=4, blocks=1, k=2, fusion_base=4, critic_base=4)), path)
+    with models.registered(models.ModelInfo("test-cptnet-student", "cptnet", "pose5", "random weights (tests)", path,
+                                            load)):
+        yield "test-cptnet-student"
+
+
+def test_cptnet_adapter_trains_the_face_stage_then_the_whole_generator(teacher_and_student, cptnet_student):
+    from keyface.core.corpus import sample_intents, teacher_pairs
+    from keyface.core.methods.cptnet.adapt import CPTNetAdapter
+
+    teacher, student = models.get_model(teacher_and_student[0]).load(), models.get_model(cptnet_student).load()
+    doc, face = character_doc()
+    rng = np.random.default_rng(0)
+    values = np.concatenate([sample_intents(rng, 4, "expression", "pose5", moving=True),
+                             sample_intents(rng, 4, "all", "pose5", moving=True)])
+    values[:, :2] = 1.0  # every pair blinks: the fake teacher darkens the eyes
+    pairs = teacher_pairs(doc, face, values, teacher, student)
+    at_rest = (pairs["param_pose5"][:, 3:] == 0).all(1)
+    assert at_rest.sum() == 4
+    adapter = CPTNetAdapter(models.get_model(cptnet_student), face_share=0.5, lrs=(1e-2, 3e-3))
+    fit = adapter.fit(pairs, 3600, max_steps=80)  # steps, not seconds, end it (a busy CPU is slow)
+    assert (fit["steps"], fit["face_steps"], fit["full_steps"]) == (80, 40, 40)
+    first, last = fit["cancelled_l1_face_first_last5"]
+    assert last < 0.7 * first, fit
+    # the whole generator starts from what the face stage learnt and keeps it up (its loss also covers head turns)
+    assert fit["cancelled_l1_full_first_last5"][1] < first, fit
+    # without a pair whose head is at rest the face stage has nothing to learn from: the whole generator gets it all
+    moving = {k: v[~at_rest] for k, v in pairs.items()}
+    fit = CPTNetAdapter(models.get_model(cptnet_student)).fit(moving, 3600, max_steps=3)
+    assert (fit["face_steps"], fit["full_steps"]) == (0, 3)
+
+
+def test_adapt_cptnet_writes_a_model_that_loads_by_id(tmp_path, teacher_and_student, cptnet_student):
+    from keyface.core.adapt import adapt
+    from keyface.core.pipeline import FrameJob
+
+    doc, face = character_doc()
+    rec = adapt(cptnet_student, quantise(doc), tmp_path / "me", box=tuple(face), teacher="test-teacher",
+                minutes=0.4)
+    # the teacher's chunks alternate between all poses and expressions (head at rest), so the face stage trained
+    assert rec["fit"]["face_steps"] > 0 and rec["fit"]["full_steps"] > 0, rec["fit"]
+    assert rec["model_id"] == f"cptnet-pose5:{tmp_path / 'me'}"
+    info = models.get_model(rec["model_id"])
+    assert info.schema_name == "pose5"
+    job = FrameJob.prepare(quantise(doc), info.id, face)
+    frame = job.frames(get_schema("pose5").vector({"eye_left": 0.0, "head_yaw": 0.5})[None])[0]
+    assert frame.shape == doc.shape and not np.array_equal(frame, quantise(doc))
+    # the folder holds the fine-tuned generator (not the one it started from) and the adaptation record
+    saved, start = models.get_model(rec["model_id"]).load(), models.get_model(cptnet_student).load()
+    assert saved.net.cfg == start.net.cfg
+    changed = [k for k, v in saved.net.state_dict().items() if not np.array_equal(v, start.net.state_dict()[k])]
+    assert changed and any(k.startswith("trunk") for k in changed)
+    assert json.loads((tmp_path / "me" / "generator.json").read_text())["adapted"]["pairs"] == rec["pairs"]

@@ -418,6 +418,11 @@ def test_adapt_to_this_character(app, tmp_path):
         assert student in models_listed and teacher not in models_listed
         assert teacher in [dlg.teacher.itemText(i) for i in range(dlg.teacher.count())]
         dlg.model.setCurrentText(student)
+        assert dlg.folder.text() == str(tmp_path / f"me-{student}-adapted")  # the default name follows the model
+        dlg.folder.setText(str(tmp_path / "mine"))
+        dlg.model.setCurrentIndex(0 if dlg.model.currentIndex() else 1)
+        assert dlg.folder.text() == str(tmp_path / "mine")  # a name the user typed stays
+        dlg.model.setCurrentText(student)
         dlg.teacher.setCurrentText(teacher)
         dlg.minutes.setValue(1.0)
         dlg.folder.setText(str(tmp_path / "cancelled"))

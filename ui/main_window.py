@@ -262,7 +262,18 @@ class AdaptDialog(WorkerDialog):
         form.addRow("Time", self.minutes)
         stem = doc.source_path.stem if doc.source_path else "character"
         base = doc.source_path.parent if doc.source_path else Path.cwd()
-        self.folder = QLineEdit(str(base / f"{stem}-{self.model.currentText() or 'model'}-adapted"))
+        def default_folder():  # beside the image, named after the model (an adapted model's id: its family)
+            return str(base / f"{stem}-{self.model.currentText().split(':')[0] or 'model'}-adapted")
+
+        self.folder = QLineEdit(default_folder())
+        shown = [self.folder.text()]
+
+        def follow_model(_):  # the default name follows the model picked, unless the user typed another
+            if self.folder.text() == shown[0]:
+                self.folder.setText(default_folder())
+            shown[0] = default_folder()
+
+        self.model.currentTextChanged.connect(follow_model)
         form.addRow("Save as", self.folder)
         self.status = QLabel("" if self.model.count() and self.teacher.count() else
                              "needs an adaptable model and a teacher (install THA3: bin/setup)")

@@ -440,7 +440,8 @@ class KeyfacePanel(QWidget):
         models = [m.id for m in adaptable_models()]
         teachers = [m.id for m in teacher_models()]
         if not models or not teachers:
-            raise KeyfaceError("adaptation needs an adaptable model (atw-au17) and a teacher (THA3: run bin/setup)")
+            raise KeyfaceError("adaptation needs an adaptable model (atw-au17, cptnet-pose5) and a teacher (THA3: run "
+                               "bin/setup)")
         model = self.editor.model_id if self.editor.model_id in models else models[0]
         image = adapter.read_layer(doc, self.source_node(doc))
         out = adapter.adapt_folder(doc, model)

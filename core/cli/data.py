@@ -76,8 +76,8 @@ def cmd_adapt(args, out) -> int:
             for bar, _ in bars.values():
                 bar.close()
             unit = {"render": "pair", "fit": "s", "evaluate": "intent"}[phase]
-            bars[phase] = progress_bar(f"adapt: {phase}", unit, args.quiet, total)
-        bars[phase][1](round(done, 1), total)
+            bars[phase] = progress_bar(f"adapt: {phase}", unit, args.quiet, round(total, 1))
+        bars[phase][1](round(done, 1), round(total, 1))
 
     try:
         rec = adapt(args.model, image, args.out, box=Box.parse(args.box) if args.box else None, teacher=args.teacher,
@@ -221,7 +221,8 @@ def add(cmds) -> None:
 
     a = cmds.top.add_parser("adapt", help="adapt a fast model to one character: fine-tune a copy on a teacher's "
                                           "renders of it (use the result as MODEL:FOLDER)")
-    a.add_argument("--model", required=True, help="the model to adapt (e.g. atw-au17)")
+    a.add_argument("--model", required=True,
+                   help="the model to adapt (atw-au17, cptnet-pose5, or a model of their families)")
     a.add_argument("--image", required=True, help="the character (THA framing for the THA3 teacher, or give --box)")
     a.add_argument("--box", metavar="x,y,w,h", help="the face box (default: the teacher's, e.g. THA's for a 512² "
                                                    "image, or detected)")

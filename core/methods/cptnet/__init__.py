@@ -6,7 +6,8 @@ crop around the face box (:func:`keyface.core.box.head_crop`).
 Ships ``cptnet-pose5`` (``weights/cptnet_pose5.safetensors`` with its JSON config and ``MODEL_CARD.md``); listed only
 when the weights are present. ``cptnet-pose5:WEIGHTS`` is any other CPTNet the user trained: the ``.safetensors``
 ``keyface train cptnet`` wrote (``RUN/generator.safetensors``, ``RUN/best.safetensors``, with the JSON beside it) or its
-run folder (its final ``generator.safetensors``). Importing this package does not import torch."""
+run folder (its final ``generator.safetensors``), or a folder ``keyface adapt --model cptnet-pose5`` wrote
+(:mod:`.adapt`). Importing this package does not import torch."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def family(arg: str) -> ModelInfo:
                      f"of {weights.parent.name}), 128² + ResWarp", weights, load)
 
 
+def adapter(info: ModelInfo, device: str = "cpu"):
+    from .adapt import CPTNetAdapter
+
+    return CPTNetAdapter(info, device)
+
+
 def commands(cmds) -> None:
     from .cli import commands as add
 
@@ -51,4 +58,4 @@ def commands(cmds) -> None:
 
 
 METHOD = Method("cptnet", "Cascade Pose Transform Network (seed 000)", models=models, families={PREFIX: family},
-                schemas={"pose5": (pose5, pose5_converter)}, commands=commands)
+                schemas={"pose5": (pose5, pose5_converter)}, adapter=adapter, commands=commands)

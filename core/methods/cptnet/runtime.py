@@ -25,9 +25,10 @@ from .networks import drive, load_generator
 class CPTNetRuntime(Generator):
     schema = "pose5"
 
-    def __init__(self, weights, device: str = "cpu"):
+    def __init__(self, weights, device: str = "cpu", net=None):
+        """``net``: a generator already in memory (an adaptation's) instead of ``weights``."""
         self.device = pick_device(device)
-        self.net = load_generator(weights, self.device)
+        self.net = load_generator(weights, self.device) if net is None else net
         self.grid = (self.net.cfg.size, self.net.cfg.size)
 
     def working_box(self, face_box: Box, source: np.ndarray) -> Box:

@@ -21,6 +21,7 @@ import torch
 
 from ...pixels import to_net
 from ...weights import pick_device
+from . import PREFIX
 from .losses import LossWeights, generator_losses
 from .networks import drive, load_generator, save_generator
 from .trainer import mirror
@@ -35,7 +36,7 @@ WEIGHTS = replace(LossWeights(), adv=0.0, cancelled=1000.0, cancelled_everywhere
 class CPTNetAdapter:
     poses = "all"  # eyes, mouth and head: everything pose5 drives
     render_poses = ("all", "expression")  # the teacher's chunks alternate: half keep the head at rest (face stage)
-    family = "cptnet-pose5"  # adapted folders load as cptnet-pose5:FOLDER (the package's family)
+    family = PREFIX  # adapted folders load as cptnet-pose5:FOLDER (the package's family)
 
     def __init__(self, info, device: str = "cpu", seed: int = 0, face_share: float = FACE_SHARE,
                  lrs: tuple = (FACE_LR, FULL_LR)):

@@ -348,6 +348,34 @@ def test_cptnet_adapter_trains_the_face_stage_then_the_whole_generator(teacher_a
     assert (fit["face_steps"], fit["full_steps"]) == (0, 3)
 
 
+def test_the_rest_pass_once_per_image_has_the_whole_batchs_values_and_gradients():
+    import torch
+
+    from keyface.core.adapt import once_per_image
+    from keyface.core.methods.cptnet.networks import CPTNetConfig, Generator
+
+    torch.manual_seed(0)
+    gen = Generator(CPTNetConfig(size=32, base=4, blocks=1, k=2, fusion_base=4, critic_base=4))
+    a, b = torch.rand(2, 4, 32, 32) * 2 - 1
+    batch = torch.stack([a, b, a, a, b.flip(-1), a])  # an adaptation's batch: one rest image, some mirrored
+
+    def rest(im):
+        return gen(im, torch.zeros(len(im), 5))["out"]
+
+    def grads(out):
+        gen.zero_grad()
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()  # every row weighted differently
+        return [p.grad.clone() for p in gen.parameters() if p.grad is not None]
+
+    calls = []
+    cheap = once_per_image(lambda im: calls.append(len(im)) or rest(im), batch)
+    assert calls == [3]  # a, b and mirrored b
+    whole = rest(batch)
+    torch.testing.assert_close(cheap, whole, rtol=1e-5, atol=1e-6)
+    for g, h in zip(grads(cheap), grads(rest(batch)), strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-5)  # the sums run in another order
+
+
 def test_adapt_cptnet_writes_a_model_that_loads_by_id(tmp_path, teacher_and_student, cptnet_student):
     from keyface.core.adapt import adapt
     from keyface.core.pipeline import FrameJob

@@ -5,10 +5,12 @@ A copy of the generator is fine-tuned on the teacher's pairs of one character wi
 Adam 1e-4, batch 8. The teacher gives no motion field, so the flow terms have nothing to compare with (their masks
 are empty: they are zero) and the warp learns only through the images. For speed (the budget is minutes on a CPU)
 the cycle term (``rec``, which regularises the paper's unpaired training) is off — the teacher's pairs supervise every
-output directly — so a step costs two generator passes instead of three. G(I, c_s) keeps its gradient: measured on
-the tiny test batch, with it treated as a constant the cancelled loss fell 2 % in 40 steps instead of over 30 %
-(the rest output moves with the shared weights, and only the joint gradient sees that). The folder holds
-``atw_au17.safetensors`` + its JSON (the model and the adaptation record), loadable as ``atw-au17:FOLDER``.
+output directly — and G(I, c_s) runs once for the batch's one rest image (:func:`keyface.core.adapt.once_per_image`:
+the same values and gradients), so a step costs little more than one pass over the batch, where the full loss takes
+three. G(I, c_s) keeps its gradient: measured on the tiny test batch, with it treated as a constant the cancelled
+loss fell 2 % in 40 steps instead of over 30 % (the rest output moves with the shared weights, and only the joint
+gradient sees that). The folder holds ``atw_au17.safetensors`` + its JSON (the model and the adaptation record),
+loadable as ``atw-au17:FOLDER``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ...adapt import once_per_image
 from ...pixels import to_net
 from ...weights import pick_device, save_weights
 from .conditioning import driving
@@ -55,7 +58,7 @@ class ATWAdapter:
             img, target, c_t = img_all[idx].to(dev), tgt_all[idx].to(dev), c_all[idx].to(dev)
             c_s = torch.zeros_like(c_t)
             out = gen(img, c_t)
-            rest = gen(img, c_s)[0]
+            rest = once_per_image(lambda im, c=c_s: gen(im, c[:len(im)])[0], img)
             zeros = torch.zeros(len(idx), 2, *img.shape[2:], device=dev)
             losses = generator_losses(gen, img, c_s, c_t, out, WEIGHTS, target=target, flow_gt=zeros,
                                       visible=zeros[:, :1], rest=rest)

@@ -2,15 +2,15 @@
 
 A copy of the generator is fine-tuned on the teacher's pairs of one character with the supervised image terms of
 :mod:`.losses` and the bias-cancelled term (what the render path applies: G(I, c_t) − G(I, c_s) against T − I), at
-Adam 1e-4, batch 8. The teacher gives no motion field, so the flow terms have nothing to compare with (their masks
-are empty: they are zero) and the warp learns only through the images. For speed (the budget is minutes on a CPU)
-the cycle term (``rec``, which regularises the paper's unpaired training) is off — the teacher's pairs supervise every
+Adam 1e-4, batch 8. The teacher gives no motion field, so the flow terms have nothing to compare with (their masks are
+empty: they are zero) and the warp learns only through the images. For speed (the budget is minutes on a CPU) the
+cycle term (``rec``, which regularises the paper's unpaired training) is off — the teacher's pairs supervise every
 output directly — and G(I, c_s) runs once for the batch's one rest image (:func:`keyface.core.adapt.once_per_image`:
-the same values and gradients), so a step costs little more than one pass over the batch, where the full loss takes
-three. G(I, c_s) keeps its gradient: measured on the tiny test batch, with it treated as a constant the cancelled
-loss fell 2 % in 40 steps instead of over 30 % (the rest output moves with the shared weights, and only the joint
-gradient sees that). The folder holds ``atw_au17.safetensors`` + its JSON (the model and the adaptation record),
-loadable as ``atw-au17:FOLDER``.
+the same values and gradients): that pass runs on one image instead of the batch's eight (not timed for ATW; the full
+loss takes three passes). G(I, c_s) keeps its gradient: measured on the tiny test batch, with it treated as a constant
+the cancelled loss fell 2 % in 40 steps instead of over 30 % (the rest output moves with the shared weights, and only
+the joint gradient sees that). The folder holds ``atw_au17.safetensors`` + its JSON (the model and the adaptation
+record), loadable as ``atw-au17:FOLDER``.
 """
 
 from __future__ import annotations

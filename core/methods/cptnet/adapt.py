@@ -3,16 +3,15 @@
 The shipped model's last two training stages, run on one character's teacher pairs: first the **face stage alone**
 (stage 9: eyes and mouth, on the pairs whose head is at rest; ~1/5 of a whole-generator step here) for
 :data:`FACE_SHARE` of the fine-tuning time, then the **whole generator** (stage 10) so the head stage follows the
-changed trunk. Losses are those
-stages' (:data:`WEIGHTS`): supervised (no critic — the teacher's pairs supervise every output, and five critic steps a
-step would leave a CPU budget a few dozen steps), L1 + perceptual + the bias-cancelled changed-pixel term charged
-everywhere (what the render path shows), the face stage's saturation and content terms; each pair is mirrored with
-probability ½ (:func:`.trainer.mirror`: winks both ways). The bias-cancelling pass at the rest pose runs once per
-distinct image of the batch (:func:`keyface.core.adapt.once_per_image`: the painting and its mirror image; the same
-values and gradients as the whole batch): measured on lambda_00's pairs, 12 minutes of fine-tuning bought 340 face +
-132 whole-generator steps instead of 225 + 76. The teacher renders half of the intents with the head at rest
-(``render_poses``) so the face stage has pairs of its own. The folder holds ``generator.safetensors`` + its JSON (the
-model and the adaptation record), loadable as ``cptnet-pose5:FOLDER``.
+changed trunk. Losses are those stages' (:data:`WEIGHTS`): supervised (no critic — the teacher's pairs supervise every
+output, and five critic steps a step would leave a CPU budget a few dozen steps), L1 + perceptual + the bias-cancelled
+changed-pixel term charged everywhere (what the render path shows), the face stage's saturation and content terms;
+each pair is mirrored with probability ½ (:func:`.trainer.mirror`: winks both ways). The bias-cancelling pass at the
+rest pose runs once per distinct image of the batch (:func:`keyface.core.adapt.once_per_image`: the painting and its
+mirror image; the same values and gradients as the whole batch): measured on lambda_00's pairs, 12 minutes of
+fine-tuning bought 340 face + 132 whole-generator steps instead of 225 + 76. The teacher renders half of the intents
+with the head at rest (``render_poses``) so the face stage has pairs of its own. The folder holds
+``generator.safetensors`` + its JSON (the model and the adaptation record), loadable as ``cptnet-pose5:FOLDER``.
 """
 
 from __future__ import annotations

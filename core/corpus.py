@@ -13,7 +13,9 @@ the engine drawn at 512² in THA's placement, of the style families ``styles`` (
 
 **Intents.** The engine's pose sampler restricted like ``keyface synth --poses P --project STUDENT`` (so the student's
 schema determines the target), as character-rig values; the teacher is driven by their conversion to its schema
-through the character rig (au17 → tha45, pose5 → tha45).
+through the character rig (au17 → tha45, pose5 → tha45). Through pose5 that sampler gives the rest pose 73 % of the
+time (:func:`balanced_intents`); ``balanced`` > 0 draws moving intents instead, that share of them with a key
+expression set on top (what ``keyface adapt`` draws).
 
 **Targets.** What a user sees from the teacher: its render path (:class:`keyface.core.pipeline.FrameJob`: the teacher
 at its working region, bias handling and ResWarp lift) at the document's resolution, then cut to the *student's*
@@ -60,12 +62,15 @@ class CorpusConfig:
     test_fraction: float = 0.1
     poses: str = "expression"       # synth's pose sets: all / expression / rotation
     poses_per_image: int = 16
+    balanced: float = 0.0           # > 0: moving intents, that share with a key expression (balanced_intents)
     images_per_shard: int = 4
     seed: int = 0
 
     def check(self) -> CorpusConfig:
         if self.poses_per_image < 1 or self.images_per_shard < 1 or self.augment < 0 or self.characters < 0:
             raise KeyfaceError("poses per image and images per shard must be ≥ 1, augment and characters ≥ 0")
+        if not 0 <= self.balanced <= 1:
+            raise KeyfaceError(f"the balanced share must be in [0, 1], not {self.balanced}")
         missing = [p for p in self.paintings if not Path(p).is_file()]
         if missing:
             raise KeyfaceError(f"no such painting: {', '.join(missing)}")
@@ -288,7 +293,8 @@ class CorpusWriter:
         if not path.exists():
             return fresh
         old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("config") != asdict(self.cfg):
+        # a corpus written before a field existed was written with that field's default
+        if {**asdict(CorpusConfig()), **old.get("config", {})} != asdict(self.cfg):
             raise KeyfaceError(f"{self.out} holds a corpus with another configuration; choose a new folder")
         return {**fresh, "shards": old.get("shards", {}), "seconds": old.get("seconds", 0.0)}
 
@@ -304,8 +310,11 @@ class CorpusWriter:
         """All poses of one input as shard columns."""
         cfg, it = self.cfg, self.items[index]
         doc, face, char = _document(it, cfg, index)
-        values = sample_intents(np.random.default_rng([cfg.seed, index, 0x7EA]), cfg.poses_per_image, cfg.poses,
-                                self.schema.name)
+        rng = np.random.default_rng([cfg.seed, index, 0x7EA])
+        if cfg.balanced > 0:
+            values = balanced_intents(rng, cfg.poses_per_image, cfg.poses, self.schema.name, cfg.balanced)
+        else:
+            values = sample_intents(rng, cfg.poses_per_image, cfg.poses, self.schema.name)
         cols = teacher_pairs(doc, face, values, self.teacher, self.student, char)
         cols["source"] = np.full(len(values), index, np.int32)
         cols["char_seed"] = np.full(len(values), it.get("seed", -1), np.int64)

@@ -149,6 +149,46 @@ def test_corpus_pairs_targets_and_resume(tmp_path, teacher_and_student):
     assert len(both["values"]) == 2 * n
 
 
+def test_a_balanced_corpus_draws_moving_intents_and_old_corpora_still_resume(tmp_path, teacher_and_student):
+    """``keyface corpus --balanced SHARE``: no pair at the schema's rest pose (the plain sampler's usual draw through
+    pose5), closed eyes and open mouths among them; a corpus written before the option existed resumes as written with
+    its default."""
+    from keyface.core.corpus import CorpusConfig, CorpusWriter
+    from keyface.core.rig import character_schema, convert
+    from keyface.core.training import load_split
+
+    doc, _ = character_doc(9, "flat", 512)
+    painting = tmp_path / "painting.png"
+    write_image(painting, quantise(doc))
+    teacher, student = (models.get_model(m).load() for m in teacher_and_student)
+    cfg = CorpusConfig(teacher="test-teacher", student="test-atw-student", paintings=[str(painting)], augment=0,
+                       poses_per_image=24, balanced=0.6, images_per_shard=1, seed=2)
+    out = tmp_path / "corpus"
+    CorpusWriter(cfg, out, teacher, student).write()
+    v = load_split(out, "train", ("values",))["values"]
+    assert len(v) == 24
+    rest = get_schema("au17").defaults
+    assert (np.abs(convert(v, "character", "au17") - rest).max(axis=-1) > 1e-6).all()
+    # a manifest written before ``balanced`` existed: resumes (nothing rewritten) when the option is at its default
+    plain = CorpusConfig(**{**cfg.__dict__, "balanced": 0.0})
+    old = tmp_path / "old"
+    CorpusWriter(plain, old, teacher, student).write()
+    cs = character_schema()
+    key = lambda a: ((a[:, [cs.index("blink_left"), cs.index("blink_right")]].max(1) > 0.5)  # noqa: E731
+                     | (a[:, cs.index("mouth_open")] > 0.5) | (a[:, cs.index("mouth_smile")] > 0.5)).sum()
+    assert key(v) >= key(load_split(old, "train", ("values",))["values"]) + 4, key(v)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["config"]["balanced"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    mtime = {p: p.stat().st_mtime_ns for p in old.rglob("*.npz")}
+    CorpusWriter(plain, old, teacher, student).write()
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*.npz")} == mtime
+    with pytest.raises(KeyfaceError, match="another configuration"):
+        CorpusWriter(cfg, old, teacher, student).write()
+    with pytest.raises(KeyfaceError, match="balanced share"):
+        CorpusConfig(characters=1, balanced=1.5).check()
+
+
 def test_augmented_painting_moves_its_face_box():
     from keyface.core.corpus import augment_painting
 

@@ -52,7 +52,7 @@ def cmd_corpus(args, out) -> int:
                        augment=args.augment,
                        characters=args.characters, styles=_families(args.styles),
                        test_styles=_families(args.test_styles), poses=args.poses,
-                       poses_per_image=args.poses_per_image, seed=args.seed).check()
+                       poses_per_image=args.poses_per_image, balanced=args.balanced, seed=args.seed).check()
     bar, progress = progress_bar("corpus", "image", args.quiet)
     manifest = write_corpus(cfg, args.out, device=args.device, progress=progress)
     bar.close()
@@ -214,6 +214,9 @@ def add(cmds) -> None:
     c.add_argument("--poses", choices=("all", "expression", "rotation"), default="expression",
                    help="pose set (as keyface synth; default expression)")
     c.add_argument("--poses-per-image", type=int, default=16, help="intents per input image (default 16)")
+    c.add_argument("--balanced", type=float, default=0.0, metavar="SHARE",
+                   help="draw only moving intents, SHARE of them with a closed eye, a wink, an open mouth or a smile "
+                        "set on top (default 0: the engine's sampler, mostly the rest pose through pose5)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,9 +13,9 @@ the engine drawn at 512² in THA's placement, of the style families ``styles`` (
 
 **Intents.** The engine's pose sampler restricted like ``keyface synth --poses P --project STUDENT`` (so the student's
 schema determines the target), as character-rig values; the teacher is driven by their conversion to its schema
-through the character rig (au17 → tha45, pose5 → tha45). Through pose5 that sampler gives the rest pose 73 % of the
-time (:func:`balanced_intents`); ``balanced`` > 0 draws moving intents instead, that share of them with a key
-expression set on top (what ``keyface adapt`` draws).
+through the character rig (au17 → tha45, pose5 → tha45). Through pose5, 73 % of that sampler's ``expression`` intents
+are the rest pose (:func:`balanced_intents`); ``balanced`` > 0 draws moving intents instead, that share of them with a
+key expression set on top (what ``keyface adapt`` draws).
 
 **Targets.** What a user sees from the teacher: its render path (:class:`keyface.core.pipeline.FrameJob`: the teacher
 at its working region, bias handling and ResWarp lift) at the document's resolution, then cut to the *student's*

@@ -153,6 +153,8 @@ def test_a_balanced_corpus_draws_moving_intents_and_old_corpora_still_resume(tmp
     """``keyface corpus --balanced SHARE``: no pair at the schema's rest pose (the plain sampler's usual draw through
     pose5), closed eyes and open mouths among them; a corpus written before the option existed resumes as written with
     its default."""
+    from dataclasses import replace
+
     from keyface.core.corpus import CorpusConfig, CorpusWriter
     from keyface.core.rig import character_schema, convert
     from keyface.core.training import load_split
@@ -170,7 +172,7 @@ def test_a_balanced_corpus_draws_moving_intents_and_old_corpora_still_resume(tmp
     rest = get_schema("au17").defaults
     assert (np.abs(convert(v, "character", "au17") - rest).max(axis=-1) > 1e-6).all()
     # a manifest written before ``balanced`` existed: resumes (nothing rewritten) when the option is at its default
-    plain = CorpusConfig(**{**cfg.__dict__, "balanced": 0.0})
+    plain = replace(cfg, balanced=0.0)
     old = tmp_path / "old"
     CorpusWriter(plain, old, teacher, student).write()
     cs = character_schema()

@@ -378,10 +378,12 @@ def test_cptnet_adapter_trains_the_face_stage_then_the_whole_generator(teacher_a
     at_rest = (pairs["param_pose5"][:, 3:] == 0).all(1)
     assert at_rest.sum() == 4
     adapter = CPTNetAdapter(models.get_model(cptnet_student), face_share=0.5, lrs=(1e-2, 3e-3))
-    fit = adapter.fit(pairs, 3600, max_steps=80)  # steps, not seconds, end it (a busy CPU is slow)
-    assert (fit["steps"], fit["face_steps"], fit["full_steps"]) == (80, 40, 40)
+    # steps, not seconds, end it (a busy CPU is slow). 80 face steps: after 40 the loss sat anywhere in 0.28–0.86 of
+    # its start depending on the seed and the CPU's arithmetic (a CI machine failed at 0.92); after 80, 0.12–0.16
+    fit = adapter.fit(pairs, 3600, max_steps=160)
+    assert (fit["steps"], fit["face_steps"], fit["full_steps"]) == (160, 80, 80)
     first, last = fit["cancelled_l1_face_first_last5"]
-    assert last < 0.7 * first, fit
+    assert last < 0.5 * first, fit
     # the whole generator starts from what the face stage learnt and keeps it up (its loss also covers head turns)
     assert fit["cancelled_l1_full_first_last5"][1] < first, fit
     # without a pair whose head is at rest the face stage has nothing to learn from: the whole generator gets it all
